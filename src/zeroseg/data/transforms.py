@@ -1,0 +1,216 @@
+"""Paired image/label transforms for segmentation.
+
+Every transform is a callable ``t(image, label, generator=None) -> (image, label)`` with
+``image: (3, H, W)`` float and ``label: (H, W)`` int64 (255 = ignore). Randomness comes only from the
+``torch.Generator`` passed in (or torch's global RNG when it is None), so a seeded generator reproduces
+the exact same crop/scale/flip. :class:`~zeroseg.data.dataset.SegmentationDataset` applies the transform
+to the [0, 1] image and normalises afterwards, so the factories below do not include :class:`Normalize`;
+use it only when composing a pipeline for a dataset built with ``normalize=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from zeroseg.data.classes import IGNORE_INDEX
+from zeroseg.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from zeroseg.errors import ZeroSegError
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+PairTransform = Callable[..., Pair]
+
+
+def _pair_size(size: int | Sequence[int], what: str) -> tuple[int, int]:
+    if isinstance(size, int):
+        h = w = size
+    else:
+        if len(size) != 2:
+            raise ZeroSegError(f"{what}: size must be an int or (height, width), got {size!r}")
+        h, w = int(size[0]), int(size[1])
+    if h <= 0 or w <= 0:
+        raise ZeroSegError(f"{what}: size must be positive, got {size!r}")
+    return h, w
+
+
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def _randint(high_inclusive: int, generator: torch.Generator | None) -> int:
+    return int(torch.randint(0, high_inclusive + 1, (1,), generator=generator))
+
+
+def resize_pair(image: torch.Tensor, label: torch.Tensor, size: tuple[int, int], resize_label: bool = True) -> Pair:
+    """Resize image bilinearly and label by nearest neighbour.
+
+    Args:
+        image: (3, H, W) float.
+        label: (H, W) int64.
+        size: target (height, width).
+        resize_label: also resize the label (otherwise it is returned unchanged).
+
+    Returns:
+        image (3, h, w), label (h, w) (or the input label).
+    """
+    if tuple(image.shape[-2:]) != size:
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+    if resize_label and tuple(label.shape[-2:]) != size:
+        # Label ids <= 255 are exact in float32, so the round trip through float is lossless.
+        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    return image, label
+
+
+class Compose:
+    """Apply paired transforms in order, threading the same generator through."""
+
+    def __init__(self, transforms: Sequence[PairTransform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None) -> Pair:
+        for t in self.transforms:
+            image, label = t(image, label, generator)
+        return image, label
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms!r})"
+
+
+class RandomScale:
+    """Rescale by a factor drawn uniformly from ``scale_range``.
+
+    Args:
+        scale_range: (low, high) factor range, e.g. (0.5, 2.0).
+        base_size: when set, the factor scales this shorter-side length (ZS3Net's ``RandomScaleCrop``);
+            otherwise it scales the image's own size (mmseg ``ratio_range``).
+    """
+
+    def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0), base_size: int | None = None) -> None:
+        low, high = float(scale_range[0]), float(scale_range[1])
+        if not 0 < low <= high:
+            raise ZeroSegError(f"RandomScale: scale_range must satisfy 0 < low <= high, got {scale_range}")
+        self.scale_range = (low, high)
+        self.base_size = base_size
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None) -> Pair:
+        h, w = image.shape[-2:]
+        s = _uniform(*self.scale_range, generator)
+        if self.base_size is not None:
+            s = s * self.base_size / min(h, w)
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        return resize_pair(image, label, size)
+
+    def __repr__(self) -> str:
+        return f"RandomScale(scale_range={self.scale_range}, base_size={self.base_size})"
+
+
+class RandomCrop:
+    """Pad (bottom/right) to at least ``crop_size`` then cut a random window of that size.
+
+    Args:
+        crop_size: int or (height, width).
+        image_pad: fill value for padded image pixels (0 = black in [0, 1] space).
+        label_pad: fill value for padded label pixels (255 = ignore).
+    """
+
+    def __init__(self, crop_size: int | Sequence[int], image_pad: float = 0.0, label_pad: int = IGNORE_INDEX) -> None:
+        self.crop_size = _pair_size(crop_size, "RandomCrop")
+        self.image_pad = float(image_pad)
+        self.label_pad = int(label_pad)
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None) -> Pair:
+        ch, cw = self.crop_size
+        h, w = image.shape[-2:]
+        pad_h, pad_w = max(ch - h, 0), max(cw - w, 0)
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h), value=self.image_pad)
+            label = F.pad(label, (0, pad_w, 0, pad_h), value=self.label_pad)
+            h, w = image.shape[-2:]
+        top = _randint(h - ch, generator)
+        left = _randint(w - cw, generator)
+        return image[:, top : top + ch, left : left + cw], label[top : top + ch, left : left + cw]
+
+    def __repr__(self) -> str:
+        return f"RandomCrop(crop_size={self.crop_size})"
+
+
+class RandomHorizontalFlip:
+    """Mirror image and label left-right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ZeroSegError(f"RandomHorizontalFlip: p must be in [0, 1], got {p}")
+        self.p = p
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None) -> Pair:
+        if float(torch.rand((), generator=generator)) < self.p:
+            return image.flip(-1), label.flip(-1)
+        return image, label
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+class Resize:
+    """Deterministic resize for evaluation.
+
+    Args:
+        size: int = target length of the shorter side (aspect kept); (height, width) = exact size.
+        resize_label: also resize the label (nearest); False keeps the full-resolution label.
+    """
+
+    def __init__(self, size: int | Sequence[int], resize_label: bool = True) -> None:
+        self.size = size if isinstance(size, int) else _pair_size(size, "Resize")
+        if isinstance(self.size, int) and self.size <= 0:
+            raise ZeroSegError(f"Resize: size must be positive, got {size}")
+        self.resize_label = resize_label
+
+    def target(self, h: int, w: int) -> tuple[int, int]:
+        """Output (height, width) for an (h, w) input."""
+        if isinstance(self.size, int):
+            s = self.size / min(h, w)
+            return max(1, round(h * s)), max(1, round(w * s))
+        return self.size
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None) -> Pair:
+        h, w = image.shape[-2:]
+        return resize_pair(image, label, self.target(h, w), self.resize_label)
+
+    def __repr__(self) -> str:
+        return f"Resize(size={self.size}, resize_label={self.resize_label})"
+
+
+class Normalize:
+    """Per-channel ``(image - mean) / std``; the label passes through."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None) -> Pair:
+        return (image - self.mean) / self.std, label
+
+
+def train_transform(
+    crop_size: int | Sequence[int] = 512,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    *,
+    base_size: int | None = None,
+    flip_p: float = 0.5,
+) -> Compose:
+    """Training augmentation: random scale, random crop with padding (image 0, label 255), h-flip.
+
+    Args:
+        crop_size: output size, int or (height, width).
+        scale_range: random scale factor range.
+        base_size: see :class:`RandomScale`.
+        flip_p: horizontal flip probability.
+    """
+    return Compose([RandomScale(scale_range, base_size), RandomCrop(crop_size), RandomHorizontalFlip(flip_p)])
+
+
+def eval_transform(size: int | Sequence[int] | None = None, *, resize_label: bool = True) -> Compose:
+    """Evaluation transform: identity when ``size`` is None, else a deterministic :class:`Resize`."""
+    return Compose([] if size is None else [Resize(size, resize_label)])
