@@ -1,0 +1,292 @@
+"""Typed experiment configuration.
+
+A config is a tree of dataclasses. YAML files only *set values* of these dataclasses (no inheritance, no
+object construction from strings, no eval); ``key.sub=value`` overrides from the command line are applied
+on top, and the fully resolved config is saved beside every run so that it can be reproduced exactly.
+
+Unknown keys, wrong types and unreadable files are reported as one-line :class:`ZeroSegError`\\ s naming
+the file or key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from zeroseg.errors import ZeroSegError
+
+
+@dataclass
+class SynthData:
+    """Parameters of the embedded benchmark, generated under ``data.root`` when it is missing."""
+
+    seed: int = 0
+    image_size: int = 64
+    num_train: int = 1200
+    num_val: int = 200
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is read.
+
+    Attributes:
+        dataset: reader key ("voc", "context59", "context60", "coco-stuff-171", "ade20k-150", "folder",
+            "synthetic" -- the last is the ``folder`` reader over a generated benchmark).
+        root: dataset root directory.
+        split: zero-shot split name (``zeroseg splits``) or path to a split JSON file.
+        train_split / val_split: file-list names of the reader ("train", "train_aug", "val", ...).
+        unseen_policy: how training labels treat unseen classes: "drop" removes training images that contain
+            any unseen pixel (ZS3Net's rule), "ignore" relabels unseen pixels 255 (SPNet/ZegFormer).
+        crop_size: training crop side; eval_size: evaluation resize (None = native size).
+        scale_range: random rescaling range for training.
+        batch_size / eval_batch_size / num_workers: loader settings.
+    """
+
+    dataset: str = "synthetic"
+    root: str = "data/synthetic"
+    split: str = "synthetic"
+    train_split: str = "train"
+    val_split: str = "val"
+    unseen_policy: Literal["drop", "ignore"] = "drop"
+    crop_size: int = 64
+    eval_size: int | None = None
+    scale_range: tuple[float, float] = (0.75, 1.25)
+    batch_size: int = 16
+    eval_batch_size: int = 16
+    num_workers: int = 0
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    synthetic: SynthData = field(default_factory=SynthData)
+
+
+@dataclass
+class TextConfig:
+    """Class-name embeddings: an encoder spec of :func:`zeroseg.text.get_encoder`."""
+
+    encoder: str = "glove-6b-50d"
+
+
+@dataclass
+class SegmenterConfig:
+    """DeepLabv3+ and its supervised training on seen classes (official: SGD 0.007, poly 0.9, 10x head lr)."""
+
+    backbone: str = "resnet101"
+    output_stride: int = 16
+    pretrained: str | None = None
+    epochs: int = 200
+    lr: float = 0.007
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    head_lr_mult: float = 10.0
+    poly_power: float = 0.9
+
+
+@dataclass
+class GeneratorConfig:
+    """GMMN generator and its MMD training."""
+
+    noise_dim: int = 300
+    hidden_dim: int = 256
+    dropout: float = 0.5
+    noise: Literal["uniform", "gaussian"] = "uniform"
+    lr: float = 2e-4
+    epochs: int = 50
+    pixels_per_class: int = 128
+    sigmas: tuple[float, ...] = (2.0, 5.0, 10.0, 20.0, 40.0, 80.0)
+
+
+@dataclass
+class ClassifierConfig:
+    """Retraining the final 1x1 classifier on real seen + generated unseen features.
+
+    Attributes:
+        protocol: "strict" -- no unseen pixel or mask of a training image is used; generated unseen features
+            are mixed with real seen features in proportion to a class prior (the mean seen-class pixel
+            count). "official" -- as valeoai/ZS3 does: generated unseen features are placed where the training
+            image's ground truth has unseen pixels (uses unseen masks; see valeoai/ZS3 issue 10).
+        unseen_weight: cross-entropy weight of unseen classes (official 100 is for the official protocol).
+    """
+
+    protocol: Literal["strict", "official"] = "strict"
+    epochs: int = 20
+    lr: float = 0.007
+    unseen_weight: float = 1.0
+    generated_per_class: int = 128
+
+
+@dataclass
+class SelfTrainingConfig:
+    """ZS5Net: pseudo-label the top p% most confident unseen predictions, then fine-tune (transductive)."""
+
+    enabled: bool = False
+    top_percent: float = 25.0
+    epochs: int = 20
+    lr: float = 0.007
+
+
+@dataclass
+class GraphContextConfig:
+    """ZS3Net-GC: a GCN generator over the segment graph; its loss weight in classifier training."""
+
+    enabled: bool = False
+    weight: float = 0.1
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: method x dataset x split."""
+
+    name: str = "experiment"
+    method: Literal["zs3net", "zs_mmd", "zegformer", "supervised"] = "zs3net"
+    seed: int = 0
+    device: str = "cpu"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    selftrain: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
+    graph: GraphContextConfig = field(default_factory=GraphContextConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert a YAML value to the annotated type ``tp`` (a small, explicit subset of typing)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ZeroSegError as e:
+                errors.append(str(e))
+        raise ZeroSegError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ZeroSegError(f"config key '{key}': {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ZeroSegError(f"config key '{key}': expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ZeroSegError(f"config key '{key}': expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ZeroSegError(f"config key '{key}': expected a mapping, got {value!r}")
+        return _from_dict(tp, value, prefix=f"{key}.")
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ZeroSegError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp in (int, str) and isinstance(value, tp) and not isinstance(value, bool):
+        return value
+    raise ZeroSegError(f"config key '{key}': expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ZeroSegError(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, cls: type[T] = ExperimentConfig) -> T:
+    """Build a config dataclass from a plain mapping, checking keys and types."""
+    return _from_dict(cls, data)
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain YAML-able data (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars/lists) to a nested mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ZeroSegError(f"override '{item}' is not of the form key=value (e.g. segmenter.epochs=5)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ZeroSegError(f"override '{item}': '{p}' is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment file (or start from defaults), apply overrides, validate.
+
+    Args:
+        path: YAML file, or None for the defaults.
+        overrides: ``key.sub=value`` strings.
+    """
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ZeroSegError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ZeroSegError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ZeroSegError(f"{p}: the top level must be a mapping of config keys")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return from_dict(data)
+    except ZeroSegError as e:
+        where = f"{path}: " if path is not None else ""
+        raise ZeroSegError(f"{where}{e}") from None
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(p)
