@@ -1,0 +1,261 @@
+"""The ``zeroseg`` command line. ``main(argv)`` is callable from tests and returns the exit status.
+
+User errors (:class:`~zeroseg.errors.ZeroSegError`) print one line, ``zeroseg: error: ...``, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from zeroseg import __version__
+from zeroseg.errors import ZeroSegError
+
+
+# --------------------------------------------------------------------------------------------- commands
+def cmd_synth(args: argparse.Namespace) -> int:
+    from zeroseg.data.synthetic import SynthConfig, write_benchmark
+
+    cfg = SynthConfig(seed=args.seed, image_size=args.image_size, num_train=args.train, num_val=args.val)
+    root = write_benchmark(args.out, cfg)
+    print(
+        f"wrote the embedded benchmark to {root}: {args.train} train + {args.val} val images, "
+        f"{len(cfg.class_names)} classes, {len(cfg.unseen)} unseen ({', '.join(cfg.unseen)})"
+    )
+    return 0
+
+
+def cmd_splits(args: argparse.Namespace) -> int:
+    from zeroseg.data.splits import get_split, list_splits
+
+    if args.name is None:
+        rows = [get_split(n) for n in list_splits()]
+        if args.json:
+            print(json.dumps([s.to_json() for s in rows], indent=2))
+            return 0
+        width = max(len(s.name) for s in rows)
+        print(f"{'name':<{width}}  {'dataset':<15} seen unseen  unseen classes")
+        for s in rows:
+            unseen = ", ".join(s.unseen) if len(s.unseen) <= 6 else f"{', '.join(s.unseen[:6])}, ..."
+            print(f"{s.name:<{width}}  {s.dataset:<15} {len(s.seen):>4} {len(s.unseen):>6}  {unseen}")
+        return 0
+    split = get_split(args.name)
+    if args.json:
+        print(json.dumps(split.to_json(), indent=2))
+    else:
+        d = split.to_json()
+        print(f"{d['name']} ({d['dataset']}), background: {d['background']}")
+        print(f"seen ({len(d['seen'])}): {', '.join(d['seen'])}")
+        print(f"unseen ({len(d['unseen'])}): {', '.join(d['unseen'])}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from zeroseg.data.check import check_dataset, format_check_report
+
+    report = check_dataset(args.dataset, args.root, args.split)
+    print(json.dumps(report, indent=2) if args.json else format_check_report(report))
+    return 1 if report.get("problems") else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from zeroseg.data.dataset import get_reader
+    from zeroseg.data.splits import load_split
+    from zeroseg.engine.evaluation import evaluate_label_folders, format_metrics_table
+
+    split = load_split(args.split)
+    names = tuple(split.dataset_class_names)
+    # Scores are kept in the dataset's own id space, the one other codebases write predictions in; a
+    # background that the split ignores (SPNet/ZegFormer VOC) becomes 255 in the ground truth.
+    lut = np.arange(256, dtype=np.uint8)
+    lut[list(split.ignored_ids)] = 255
+    reader = get_reader(split.dataset if args.gt_format == "dataset" else "folder")
+    if args.gt_format == "raw":
+        from zeroseg.data.dataset import load_png_indices as read_gt
+    else:
+        read_gt = reader.read_label
+
+    result = evaluate_label_folders(
+        args.pred, args.gt, names, split.seen_ids, split.unseen_ids, gt_reader=lambda p: lut[read_gt(p)]
+    )
+    print(format_metrics_table(result, title=f"{args.pred} vs {args.gt} ({split.name})"))
+    if args.json:
+        _write_json(args.json, {"split": split.name, **result})
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from zeroseg.text import cosine_similarity_matrix, format_similarity, get_encoder
+
+    names = [n.strip() for n in args.classes.split(",") if n.strip()]
+    if not names:
+        raise ZeroSegError('empty class list (give --classes "a,b,c")')
+    emb = get_encoder(args.encoder).embed(names)
+    print(f"encoder {args.encoder}: {emb.shape[1]}-d, cosine similarity")
+    print(format_similarity(names, cosine_similarity_matrix(emb)))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from zeroseg.config import load_config
+    from zeroseg.methods import run_method
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_method(cfg, progress=not args.quiet)
+    print(f"run directory: {cfg.run_dir}")
+    print(f"final checkpoint: {result.checkpoint}")
+    for stage, m in result.stages.items():
+        if "hiou" in m:
+            print(
+                f"{stage:>11}: seen mIoU {m['seen_miou']:.2f}  unseen mIoU {m['unseen_miou']:.2f}  hIoU {m['hiou']:.2f}"
+            )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from zeroseg.config import load_config
+    from zeroseg.engine.evaluation import format_metrics_table
+    from zeroseg.methods import evaluate_checkpoint
+
+    cfg = load_config(args.config, args.overrides)
+    result = evaluate_checkpoint(cfg, args.checkpoint, progress=not args.quiet)
+    title = f"{result['method']} ({result['protocol']} protocol{', transductive' if result['transductive'] else ''})"
+    print(format_metrics_table(result["metrics"], title=title))
+    out = args.json or str(Path(args.checkpoint).with_suffix("")) + ".eval.json"
+    _write_json(out, result)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from zeroseg.methods.predict import predict_images
+
+    classes = None
+    if args.classes is not None:
+        classes = [c.strip() for c in args.classes.split(",")]
+        if not any(classes):
+            raise ZeroSegError('empty class list (give --classes "a, b, c")')
+    written = predict_images(args.checkpoint, args.images, args.out, classes=classes, size=args.size)
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from zeroseg.demo import run_demo
+
+    report = run_demo(out=args.out, method=args.method, seeds=args.seeds, quick=args.quick, progress=not args.quiet)
+    print(f"report: {report}")
+    return 0
+
+
+def _write_json(path: str | Path, data: object) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(p)
+
+
+# --------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zeroseg",
+        description="Zero-shot semantic segmentation: ZS3Net/ZS5Net, ZS-MMD, ZegFormer on standard splits.",
+    )
+    p.add_argument("--version", action="version", version=f"zeroseg {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="train and evaluate on the embedded benchmark; write report.md/json")
+    s.add_argument("--method", default="zs3net", choices=["zs3net"], help="method to demonstrate")
+    s.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to average over")
+    s.add_argument("--quick", action="store_true", help="a much shorter schedule (smoke test, not a result)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("train", help="run every stage of an experiment config (resumes after a kill)")
+    s.add_argument("config", help="YAML experiment file (configs/*.yaml)")
+    s.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. segmenter.epochs=2")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation set")
+    s.add_argument("config", help="YAML experiment file")
+    s.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    s.add_argument("--checkpoint", required=True, help="checkpoint path (<run>/classifier.safetensors, ...)")
+    s.add_argument("--json", help="where to write the metrics JSON (default: beside the checkpoint)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("predict", help="segment images; new class names are fit on the spot")
+    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument("--checkpoint", required=True, help="final checkpoint of a run")
+    s.add_argument("--classes", help="comma-separated class names (default: the checkpoint's classes)")
+    s.add_argument("--out", required=True, help="output directory for label PNGs and overlays")
+    s.add_argument("--size", type=int, default=None, help="resize the shorter side to this before inference")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("evaluate", help="evaluate a folder of label PNGs against ground truth PNGs")
+    s.add_argument("--pred", required=True, help="folder of predicted label PNGs (ids of the split's dataset)")
+    s.add_argument("--gt", required=True, help="folder of ground-truth label PNGs (matched by file stem)")
+    s.add_argument("--split", required=True, help="split name (zeroseg splits) or split JSON file")
+    s.add_argument(
+        "--gt-format",
+        choices=["dataset", "raw"],
+        default="dataset",
+        help="'dataset': decode GT as the split's dataset stores it (e.g. ADE20K 0=other); "
+        "'raw': GT PNG values are class ids already",
+    )
+    s.add_argument("--json", help="write the metrics to this JSON file")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("splits", help="list the zero-shot splits, or print one")
+    s.add_argument("name", nargs="?", help="split name")
+    s.add_argument("--json", action="store_true", help="JSON output")
+    s.set_defaults(func=cmd_splits)
+
+    s = sub.add_parser("data", help="dataset tools")
+    dsub = s.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    c = dsub.add_parser("check", help="count images, verify image/label pairs, per-class pixel counts")
+    c.add_argument("--dataset", required=True, help="voc, context59, context60, coco-stuff-171, ade20k-150, folder")
+    c.add_argument("--root", required=True, help="dataset root directory")
+    c.add_argument("--split", default="train", help="file list: train, val, train_aug, ...")
+    c.add_argument("--json", action="store_true", help="JSON output")
+    c.set_defaults(func=cmd_data_check)
+
+    s = sub.add_parser("embed", help="print the cosine-similarity matrix of class-name embeddings")
+    s.add_argument("--encoder", default="glove-6b-50d", help="encoder spec (default glove-6b-50d)")
+    s.add_argument("--classes", required=True, help="comma-separated class names")
+    s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("synth", help="write the embedded synthetic benchmark")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--train", type=int, default=1200, help="training images")
+    s.add_argument("--val", type=int, default=200, help="validation images")
+    s.set_defaults(func=cmd_synth)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ZeroSegError as e:
+        print(f"zeroseg: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zeroseg: interrupted (completed checkpoints are kept; re-run to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,849 @@
+"""ZS3Net and ZS5Net (Bucher, Vu, Cord, Pérez: "Zero-Shot Semantic Segmentation", NeurIPS 2019).
+
+The whole pipeline, top to bottom, as :func:`train` runs it:
+
+1. **segmenter** -- DeepLabv3+ trained with cross-entropy on seen classes only. Training images that contain
+   unseen pixels are dropped (the official rule; ``data.unseen_policy``).
+2. **generator** -- a GMMN maps [class embedding ; noise] to 256-d pixel features. It is trained with the
+   multi-bandwidth Gaussian-kernel MMD between generated and real features of the *seen* classes present in
+   each batch (real pixels sampled per class and image), the segmenter frozen.
+3. **classifier** -- the final 1x1 classifier is re-initialised and trained on frozen real seen features plus
+   generated unseen features. Two protocols, named in every report:
+
+   - ``strict`` (default): no unseen pixel or mask of any training image is used. Each batch's generated
+     unseen features are mixed with its real seen features, as many per unseen class as the mean count of a
+     seen class in that batch (a uniform class prior).
+   - ``official``: as valeoai/ZS3 does, every training image is used; an image that contains unseen pixels
+     has the features of *all* its labelled pixels replaced by generated ones conditioned on their
+     ground-truth classes (which uses unseen masks; valeoai/ZS3 issue 10), and unseen classes are weighted
+     by ``classifier.unseen_weight`` (100 officially).
+
+   With ``graph.enabled`` (**ZS3Net-GC**, for complex scenes) a stage **graph** runs before it: a 2-layer GCN
+   generator learns, per seen image, to produce every segment's feature from the graph of same-label
+   segments (nodes: [class embedding ; noise], edges: touching segments), with the same MMD loss; the
+   classifier then also learns from graph-node features, weighted by ``graph.weight`` (0.1 officially).
+
+4. **selftrain** (ZS5Net, optional) -- the ZS3Net model labels the training images that stage 1 dropped; for
+   each unseen class the top ``p`` % most confident pixels predicted as that class become pseudo-labels, and
+   the whole network is fine-tuned on seen ground truth plus these pseudo-labels. This is *transductive*:
+   it reads (unlabelled) training images that contain the unseen classes; reports say so.
+
+Every stage ends in a checkpoint (``<run>/<stage>.safetensors`` + ``.json``); a re-run resumes after the last
+complete stage, and the segmenter stage also resumes from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from zeroseg.config import ExperimentConfig, save_config, to_dict
+from zeroseg.data.build import IGNORE, ZeroShotData, build_zero_shot_data, collate
+from zeroseg.data.classes import natural_name
+from zeroseg.data.dataset import Sample, SegmentationDataset, load_png_indices
+from zeroseg.data.transforms import train_transform
+from zeroseg.engine.checkpoint import (
+    checkpoint_exists,
+    load_checkpoint,
+    prefixed,
+    save_checkpoint,
+    unprefixed,
+)
+from zeroseg.engine.loop import (
+    evaluate_model,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    poly_lambda,
+    seed_everything,
+    train_one_epoch,
+)
+from zeroseg.errors import ZeroSegError
+from zeroseg.metrics import compute_metrics
+from zeroseg.modules.deeplab import DeepLabV3Plus
+from zeroseg.modules.gcn import GCNGenerator, SegmentGraph, build_segment_graph, pool_node_features
+from zeroseg.modules.gmmn import GMMNGenerator
+from zeroseg.modules.mmd import mmd_loss
+from zeroseg.text import get_encoder
+
+STAGES = ("segmenter", "generator", "graph", "classifier", "selftrain")
+BANK_PER_CLASS = 256
+
+
+def _log(msg: str) -> None:
+    tqdm.write(msg)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def class_embeddings(encoder_spec: str, class_names: tuple[str, ...]) -> torch.Tensor:
+    """(C, E) embeddings of the class names (dataset spellings turned into words first)."""
+    return get_encoder(encoder_spec).embed([natural_name(n) for n in class_names]).float()
+
+
+def labels_at(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour downsampling of (B,H,W) label maps to the feature resolution (B,h,w)."""
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+def sample_pixels(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    class_ids: torch.Tensor,
+    per_class: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample up to ``per_class`` pixels of each listed class from each image.
+
+    Args:
+        features: (B, F, h, w) feature maps.
+        labels: (B, h, w) labels at feature resolution.
+        class_ids: (K,) classes to sample.
+        per_class: pixels per (image, class) pair; all of them when fewer are present.
+
+    Returns:
+        feats: (N, F) sampled features; ys: (N,) their labels.
+    """
+    feats, ys = [], []
+    flat_f = features.permute(0, 2, 3, 1).reshape(features.shape[0], -1, features.shape[1])
+    flat_y = labels.reshape(labels.shape[0], -1)
+    for b in range(features.shape[0]):
+        present = torch.unique(flat_y[b])
+        for c in present[torch.isin(present, class_ids)]:
+            idx = torch.nonzero(flat_y[b] == c).squeeze(1)
+            if idx.numel() > per_class:
+                idx = idx[torch.randperm(idx.numel(), generator=generator)[:per_class]]
+            feats.append(flat_f[b, idx])
+            ys.append(flat_y[b, idx])
+    if not feats:
+        return features.new_zeros(0, features.shape[1]), labels.new_zeros(0)
+    return torch.cat(feats), torch.cat(ys)
+
+
+def _loader(ds: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int) -> DataLoader:
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def build_segmenter(cfg: ExperimentConfig, num_classes: int) -> DeepLabV3Plus:
+    s = cfg.segmenter
+    return DeepLabV3Plus(
+        num_classes=num_classes,
+        backbone=s.backbone,
+        output_stride=s.output_stride,
+        pretrained_backbone=s.pretrained,
+    )
+
+
+def build_generator(cfg: ExperimentConfig, embed_dim: int) -> GMMNGenerator:
+    g = cfg.generator
+    return GMMNGenerator(
+        embed_dim=embed_dim,
+        noise_dim=g.noise_dim,
+        hidden_dim=g.hidden_dim,
+        feature_dim=256,
+        dropout=g.dropout,
+        noise=g.noise,
+    )
+
+
+def metrics_dict(cm_mat: torch.Tensor, data_like: Any) -> dict:
+    m = compute_metrics(cm_mat, seen_ids=list(data_like.seen_ids), unseen_ids=list(data_like.unseen_ids))
+    return m.to_dict(list(data_like.class_names))
+
+
+# --------------------------------------------------------------------------------------------- stages
+def train_segmenter(
+    cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, run_dir: Path, progress: bool
+) -> None:
+    """Stage 1: supervised training on seen classes, resumable per epoch (``segmenter_last``)."""
+    s = cfg.segmenter
+    device = torch.device(cfg.device)
+    loader = _loader(data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed)
+    optimizer = torch.optim.SGD(
+        model.parameter_groups(s.lr, head_lr_mult=s.head_lr_mult),
+        lr=s.lr,
+        momentum=s.momentum,
+        weight_decay=s.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(s.epochs * len(loader), s.poly_power))
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE)
+    start = 0
+    last = run_dir / "segmenter_last"
+    if checkpoint_exists(last):
+        tensors, meta = load_checkpoint(last)
+        model.load_state_dict(unprefixed(tensors, "model."))
+        optimizer_from_tensors(optimizer, unprefixed(tensors, "opt."), meta["optimizer"])
+        scheduler.load_state_dict(meta["scheduler"])
+        start = meta["epoch"]
+        torch.set_rng_state(unprefixed(tensors, "rng.")["cpu"])
+        _log(f"[segmenter] resuming after epoch {start}/{s.epochs}")
+    for epoch in range(start, s.epochs):
+        # Shuffle order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
+        loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
+        loss = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            scheduler,
+            criterion=criterion,
+            device=device,
+            desc=f"segmenter {epoch + 1}/{s.epochs}",
+            progress=progress,
+        )
+        _log(f"[segmenter] epoch {epoch + 1}/{s.epochs} loss {loss:.4f}")
+        opt_t, opt_meta = optimizer_to_tensors(optimizer)
+        save_checkpoint(
+            last,
+            {
+                **prefixed(model.state_dict(), "model."),
+                **prefixed(opt_t, "opt."),
+                "rng.cpu": torch.get_rng_state(),
+            },
+            {"epoch": epoch + 1, "optimizer": opt_meta, "scheduler": scheduler.state_dict()},
+        )
+
+
+@torch.no_grad()
+def _features(model: DeepLabV3Plus, images: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    return model.extract_features(images)
+
+
+def train_generator(
+    cfg: ExperimentConfig,
+    model: DeepLabV3Plus,
+    gen: GMMNGenerator,
+    emb: torch.Tensor,
+    data: ZeroShotData,
+    progress: bool,
+) -> list[float]:
+    """Stage 2: GMMN trained with MMD against real features of the seen classes in each batch."""
+    g = cfg.generator
+    device = torch.device(cfg.device)
+    rng = torch.Generator().manual_seed(cfg.seed + 1)
+    loader = _loader(data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed + 1)
+    opt = torch.optim.Adam(gen.parameters(), lr=g.lr)
+    seen_set = set(data.seen_ids)
+    emb = emb.to(device)
+    history = []
+    for epoch in range(g.epochs):
+        gen.train()
+        total, n = 0.0, 0
+        bar = tqdm(loader, desc=f"generator {epoch + 1}/{g.epochs}", leave=False, disable=not progress)
+        for images, labels, _ in bar:
+            feats = _features(model, images.to(device))
+            ys = labels_at(labels.to(device), feats.shape[-2:])
+            # As valeoai/ZS3: one Adam step per (image, seen class present), on `pixels_per_class` pixel
+            # indices drawn with replacement; real and generated sets have the same size.
+            for b in range(feats.shape[0]):
+                flat_f = feats[b].flatten(1).T
+                flat_y = ys[b].flatten()
+                for c in torch.unique(flat_y).tolist():
+                    if c not in seen_set:
+                        continue
+                    where = torch.nonzero(flat_y == c).squeeze(1)
+                    pick = where[torch.randint(where.numel(), (g.pixels_per_class,), generator=rng)]
+                    fake = gen(emb[c].expand(g.pixels_per_class, -1))
+                    loss = mmd_loss(fake, flat_f[pick], sigmas=g.sigmas)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += loss.item()
+                    n += 1
+        history.append(total / max(n, 1))
+        _log(f"[generator] epoch {epoch + 1}/{g.epochs} mmd {history[-1]:.4f}")
+    return history
+
+
+@torch.no_grad()
+def feature_bank(
+    model: DeepLabV3Plus, data: ZeroShotData, cfg: ExperimentConfig, per_class: int = BANK_PER_CLASS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A few real features per seen class, stored with the model so new class lists can be fit later."""
+    rng = torch.Generator().manual_seed(cfg.seed + 2)
+    loader = _loader(data.train_plain, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0)
+    seen = torch.tensor(data.seen_ids)
+    feats, ys = [], []
+    counts = torch.zeros(len(data.class_names), dtype=torch.long)
+    for images, labels, _ in loader:
+        f = _features(model, images.to(cfg.device))
+        x, y = sample_pixels(f, labels_at(labels.to(cfg.device), f.shape[-2:]), seen, 8, rng)
+        feats.append(x.cpu())
+        ys.append(y.cpu())
+        counts += torch.bincount(y.cpu(), minlength=len(counts))
+        if all(counts[c] >= per_class for c in data.seen_ids):
+            break
+    x, y = torch.cat(feats), torch.cat(ys)
+    keep = torch.cat([torch.nonzero(y == c).squeeze(1)[:per_class] for c in data.seen_ids])
+    return x[keep], y[keep]
+
+
+def fit_linear_classifier(
+    classifier: nn.Conv2d,
+    batches: Callable[[], Any],
+    *,
+    epochs: int,
+    lr: float,
+    class_weight: torch.Tensor | None,
+    desc: str,
+    progress: bool,
+    aux_weight: float = 0.0,
+) -> None:
+    """Train a 1x1 conv as a linear classifier on pixel features from ``batches()``.
+
+    ``batches()`` yields ``(x (N,F), y (N,))``, or ``(x, y, x_aux (M,F), y_aux (M,))`` where the auxiliary
+    samples (graph-node features, ZS3Net-GC) add ``aux_weight * CE(aux)`` to the loss, as the official code
+    adds ``GCN_weight * loss_GCN``.
+    """
+    opt = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    criterion = nn.CrossEntropyLoss(weight=class_weight, ignore_index=IGNORE)
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return classifier(x[:, :, None, None])[:, :, 0, 0]
+
+    for epoch in range(epochs):
+        total, n = 0.0, 0
+        for batch in tqdm(batches(), desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=not progress):
+            x, y = batch[0], batch[1]
+            loss = criterion(logits(x), y)
+            if len(batch) == 4 and batch[3].numel() and aux_weight:
+                loss = loss + aux_weight * criterion(logits(batch[2]), batch[3])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            n += 1
+        _log(f"[{desc}] epoch {epoch + 1}/{epochs} loss {total / max(n, 1):.4f}")
+
+
+def segment_graph(labels: torch.Tensor) -> SegmentGraph:
+    """The official ZS3Net-GC graph of one label map at feature resolution: 8-connected same-label segments,
+    edges between touching segments, 0/1 adjacency without self loops or normalisation."""
+    return build_segment_graph(labels, ignore_index=IGNORE, connectivity=8, self_loops=False, normalization="none")
+
+
+def train_graph_generator(
+    cfg: ExperimentConfig,
+    model: DeepLabV3Plus,
+    gcn: GCNGenerator,
+    emb: torch.Tensor,
+    data: ZeroShotData,
+    progress: bool,
+) -> list[float]:
+    """Stage GC (ZS3Net-GC): the GCN generator learns to produce every segment's feature of a seen image.
+
+    As valeoai/ZS3: one Adam step per training image (seen-only images), MMD between the generated node
+    features and the real feature at each segment's first pixel, over all nodes of the image at once.
+    """
+    g = cfg.generator
+    device = torch.device(cfg.device)
+    loader = _loader(data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed + 5)
+    opt = torch.optim.Adam(gcn.parameters(), lr=g.lr)
+    emb = emb.to(device)
+    history = []
+    for epoch in range(g.epochs):
+        gcn.train()
+        total, n = 0.0, 0
+        bar = tqdm(loader, desc=f"graph {epoch + 1}/{g.epochs}", leave=False, disable=not progress)
+        for images, labels, _ in bar:
+            feats = _features(model, images.to(device))
+            ys = labels_at(labels.to(device), feats.shape[-2:])
+            for b in range(feats.shape[0]):
+                graph = segment_graph(ys[b].cpu())
+                if graph.num_nodes < 2:  # the official code skips single-segment images
+                    continue
+                target = pool_node_features(feats[b], graph.node_masks.to(device), reduce="first")
+                fake = gcn(emb[graph.node_labels.to(device)], graph.adjacency.to(device))
+                loss = mmd_loss(fake, target, sigmas=g.sigmas)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item()
+                n += 1
+        history.append(total / max(n, 1))
+        _log(f"[graph] epoch {epoch + 1}/{g.epochs} mmd {history[-1]:.4f}")
+    return history
+
+
+@torch.no_grad()
+def graph_node_samples(
+    feats: torch.Tensor,
+    ys: torch.Tensor,
+    gcn: GCNGenerator,
+    emb: torch.Tensor,
+    unseen: torch.Tensor,
+    *,
+    strict: bool,
+    rng: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Node features and labels for the classifier's graph-context term (ZS3Net-GC).
+
+    ``official``: an image without unseen pixels gives its real node features; an image with unseen pixels
+    gives GCN-generated features for all its nodes, from the ground-truth graph. ``strict``: every (seen-only)
+    image gives its real node features, plus a GCN-generated copy of its graph in which each node is relabelled
+    to a random unseen class with probability 1/2 -- unseen classes in real contexts, with no unseen mask used.
+    """
+    xs, ys_out = [], []
+    for b in range(feats.shape[0]):
+        graph = segment_graph(ys[b].cpu())
+        if graph.num_nodes < 2:
+            continue
+        node_labels = graph.node_labels.to(feats.device)
+        has_unseen = bool(torch.isin(node_labels, unseen).any())
+        if strict or not has_unseen:
+            xs.append(pool_node_features(feats[b], graph.node_masks.to(feats.device), reduce="first"))
+            ys_out.append(node_labels)
+        if strict:
+            swap = torch.rand(graph.num_nodes, generator=rng) < 0.5
+            picks = unseen.cpu()[torch.randint(len(unseen), (graph.num_nodes,), generator=rng)]
+            node_labels = torch.where(swap.to(feats.device), picks.to(feats.device), node_labels)
+        if strict or has_unseen:
+            xs.append(gcn(emb[node_labels], graph.adjacency.to(feats.device)))
+            ys_out.append(node_labels)
+    if not xs:
+        return feats.new_zeros(0, feats.shape[1]), ys.new_zeros(0)
+    return torch.cat(xs), torch.cat(ys_out)
+
+
+def train_classifier(
+    cfg: ExperimentConfig,
+    model: DeepLabV3Plus,
+    gen: GMMNGenerator,
+    emb: torch.Tensor,
+    data: ZeroShotData,
+    progress: bool,
+    gcn: GCNGenerator | None = None,
+) -> None:
+    """Stage 3: re-initialise the 1x1 classifier, train it on real seen + generated unseen features.
+
+    With ``gcn`` (ZS3Net-GC) each batch also carries graph-node features (see :func:`graph_node_samples`),
+    weighted by ``graph.weight``.
+    """
+    c = cfg.classifier
+    device = torch.device(cfg.device)
+    rng = torch.Generator().manual_seed(cfg.seed + 3)
+    num_classes = len(data.class_names)
+    model.reset_classifier(num_classes)
+    model.classifier.to(device)
+    # The official scripts never switch the generator to eval mode: dropout stays on as a noise source.
+    gen.train()
+    emb = emb.to(device)
+    seen = torch.tensor(data.seen_ids)
+    unseen = torch.tensor(data.unseen_ids, dtype=torch.long)
+    weight = torch.ones(num_classes)
+    weight[unseen] = c.unseen_weight
+    per = cfg.generator.pixels_per_class
+    if gcn is not None:
+        gcn.train()  # dropout on while generating, as for the GMMN
+
+    def with_nodes(f: torch.Tensor, y_small: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+        if gcn is None:
+            return x, y
+        xn, yn = graph_node_samples(f, y_small, gcn, emb, unseen.to(device), strict=c.protocol == "strict", rng=rng)
+        return x, y, xn, yn
+
+    if c.protocol == "strict":
+        loader = _loader(
+            data.train_plain,
+            cfg.data.batch_size,
+            shuffle=True,
+            workers=cfg.data.num_workers,
+            seed=cfg.seed + 3,
+        )
+
+        def batches():
+            for images, labels, _ in loader:
+                f = _features(model, images.to(device))
+                y_small = labels_at(labels.to(device), f.shape[-2:])
+                x, y = sample_pixels(f, y_small, seen, per, rng)
+                if y.numel() == 0:
+                    continue
+                # Uniform class prior: each unseen class gets as many samples as an average seen class here.
+                n_unseen = max(1, round(y.numel() / max(1, torch.unique(y).numel())))
+                yu = unseen.repeat_interleave(n_unseen).to(device)
+                with torch.no_grad():
+                    xu = gen(emb[yu]) if yu.numel() else x.new_zeros(0, x.shape[1])
+                yield with_nodes(f, y_small, torch.cat([x, xu]), torch.cat([y, yu]))
+
+    else:
+        loader = _loader(
+            data.train_full,
+            cfg.data.batch_size,
+            shuffle=True,
+            workers=cfg.data.num_workers,
+            seed=cfg.seed + 3,
+        )
+
+        def batches():
+            for images, labels, _ in loader:
+                f = _features(model, images.to(device))
+                y = labels_at(labels.to(device), f.shape[-2:])
+                x = f.permute(0, 2, 3, 1).clone()
+                # As valeoai/ZS3 does: an image with any unseen pixel gets generated features at *every*
+                # labelled pixel (conditioned on its ground-truth class); other images keep real features.
+                has_unseen = torch.isin(y, unseen.to(device)).flatten(1).any(1)
+                for b in torch.nonzero(has_unseen).flatten().tolist():
+                    valid = y[b] != IGNORE
+                    with torch.no_grad():
+                        x[b][valid] = gen(emb[y[b][valid]])
+                yield with_nodes(f, y, x.reshape(-1, x.shape[-1]), y.reshape(-1))
+
+    fit_linear_classifier(
+        model.classifier,
+        batches,
+        epochs=c.epochs,
+        lr=c.lr,
+        class_weight=weight.to(device),
+        desc="classifier",
+        progress=progress,
+        aux_weight=cfg.graph.weight if gcn is not None else 0.0,
+    )
+
+
+@torch.no_grad()
+def make_pseudo_labels(
+    cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, out_dir: Path, progress: bool
+) -> list[str]:
+    """ZS5Net: label the unlabelled training images with the top-p% most confident unseen predictions.
+
+    The threshold of each unseen class is the (100 - p)-th percentile of the confidences of all pixels
+    predicted as that class over the unlabelled pool; pixels below it, and all other pixels, are 255
+    (under the ``official`` protocol the seen ground truth of those images is kept as well).
+    """
+    if data.unlabelled is None:
+        raise ZeroSegError("self-training needs the images dropped by unseen_policy=drop; none were dropped")
+    device = torch.device(cfg.device)
+    model.eval()
+    loader = _loader(data.unlabelled, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0)
+    unseen = torch.tensor(data.unseen_ids)
+    preds, confs, stems, bases = [], [], [], []
+    for images, labels, names in tqdm(loader, desc="pseudo-labels", leave=False, disable=not progress):
+        prob = model(images.to(device)).softmax(1).cpu()
+        conf, pred = prob.max(1)
+        preds.append(pred)
+        confs.append(conf)
+        stems.extend(names)
+        bases.append(labels if cfg.classifier.protocol == "official" else torch.full_like(labels, IGNORE))
+    pred, conf, base = torch.cat(preds), torch.cat(confs), torch.cat(bases)
+    pseudo = base.clone()
+    for c in unseen.tolist():
+        sel = (pred == c) & (base == IGNORE)
+        if sel.any():
+            thr = torch.quantile(conf[sel].float(), 1.0 - cfg.selftrain.top_percent / 100.0)
+            pseudo[sel & (conf >= thr)] = c
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stem, lab in zip(stems, pseudo, strict=True):
+        Image.fromarray(lab.numpy().astype(np.uint8)).save(out_dir / f"{stem}.png")
+    return stems
+
+
+def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, run_dir: Path, progress: bool) -> None:
+    """Stage 4 (ZS5Net): fine-tune the whole network on seen ground truth + unseen pseudo-labels."""
+    st = cfg.selftrain
+    device = torch.device(cfg.device)
+    pseudo_dir = run_dir / "pseudo_labels"
+    stems = make_pseudo_labels(cfg, model, data, pseudo_dir, progress)
+    images = {s.stem: s.image_path for s in data.unlabelled.base.samples}
+    pseudo = SegmentationDataset(
+        [Sample(images[s], pseudo_dir / f"{s}.png") for s in stems],
+        load_png_indices,
+        data.class_names,
+        transform=train_transform(cfg.data.crop_size, cfg.data.scale_range),
+        name="pseudo-labels",
+    )
+    loader = _loader(
+        ConcatDataset([data.train, pseudo]),
+        cfg.data.batch_size,
+        shuffle=True,
+        workers=cfg.data.num_workers,
+        seed=cfg.seed + 4,
+    )
+    optimizer = torch.optim.SGD(
+        model.parameter_groups(st.lr, head_lr_mult=cfg.segmenter.head_lr_mult),
+        lr=st.lr,
+        momentum=cfg.segmenter.momentum,
+        weight_decay=cfg.segmenter.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, poly_lambda(st.epochs * len(loader), cfg.segmenter.poly_power)
+    )
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE)
+    for epoch in range(st.epochs):
+        loss = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            scheduler,
+            criterion=criterion,
+            device=device,
+            desc=f"selftrain {epoch + 1}/{st.epochs}",
+            progress=progress,
+        )
+        _log(f"[selftrain] epoch {epoch + 1}/{st.epochs} loss {loss:.4f}")
+
+
+# --------------------------------------------------------------------------------------------- driver
+def _meta(cfg: ExperimentConfig, data: ZeroShotData, stage: str, emb: torch.Tensor, **extra: Any) -> dict:
+    return {
+        "method": "zs5net" if stage == "selftrain" else "zs3net",
+        "stage": stage,
+        "protocol": cfg.classifier.protocol,
+        "transductive": stage == "selftrain",
+        "graph_context": cfg.graph.enabled,
+        "split": data.split.to_json(),
+        "class_names": list(data.class_names),
+        "seen_ids": list(data.seen_ids),
+        "unseen_ids": list(data.unseen_ids),
+        "encoder": cfg.text.encoder,
+        "embed_dim": int(emb.shape[1]),
+        "segmenter": {"backbone": cfg.segmenter.backbone, "output_stride": cfg.segmenter.output_stride},
+        "generator": {
+            "noise_dim": cfg.generator.noise_dim,
+            "hidden_dim": cfg.generator.hidden_dim,
+            "dropout": cfg.generator.dropout,
+            "noise": cfg.generator.noise,
+        },
+        "config": to_dict(cfg),
+        **extra,
+    }
+
+
+def evaluate_segmenter(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, progress: bool) -> dict:
+    """Metrics of ``model`` on the validation set (argmax over every class of the split)."""
+    model.eval()
+    loader = _loader(data.val, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0)
+    cm = evaluate_model(
+        lambda x: model(x).argmax(1),
+        loader,
+        num_classes=len(data.class_names),
+        device=torch.device(cfg.device),
+        progress=progress,
+    )
+    return metrics_dict(cm.mat, data)
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns: the metrics after each evaluated stage and the final checkpoint."""
+
+    stages: dict[str, dict]
+    checkpoint: Path
+    wall_s: float
+
+
+def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
+    """Run every stage of ZS3Net (and ZS5Net when ``selftrain.enabled``), resuming after the last done."""
+    t0 = time.perf_counter()
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    data = build_zero_shot_data(cfg.data, progress=progress)
+    emb = class_embeddings(cfg.text.encoder, data.class_names)
+    model = build_segmenter(cfg, len(data.class_names)).to(device)
+    gen = build_generator(cfg, emb.shape[1]).to(device)
+    gcn = None
+    if cfg.graph.enabled:
+        g = cfg.generator
+        gcn = GCNGenerator(
+            embed_dim=emb.shape[1],
+            noise_dim=g.noise_dim,
+            hidden_dim=g.hidden_dim,
+            feature_dim=256,
+            dropout=g.dropout,
+            noise=g.noise,
+        ).to(device)
+    results: dict[str, dict] = {}
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists():
+        results = json.loads(metrics_path.read_text())
+
+    def finish(stage: str, history: list[float] | None = None) -> Path:
+        tensors = {
+            **prefixed(model.state_dict(), "segmenter."),
+            **prefixed(gen.state_dict(), "generator."),
+            "embeddings": emb,
+        }
+        if gcn is not None:
+            tensors.update(prefixed(gcn.state_dict(), "gcn."))
+        if stage in ("classifier", "selftrain"):
+            bank_x, bank_y = feature_bank(model, data, cfg)
+            tensors.update({"bank.features": bank_x, "bank.labels": bank_y})
+        if stage in ("generator", "graph"):
+            results[stage] = {"mmd_history": history}
+        else:
+            results[stage] = evaluate_segmenter(cfg, model, data, progress)
+        path = save_checkpoint(run_dir / stage, tensors, _meta(cfg, data, stage, emb, metrics=results[stage]))
+        metrics_path.write_text(json.dumps(results, indent=2) + "\n")
+        m = results[stage]
+        if "hiou" in m:
+            _log(f"[{stage}] seen mIoU {m['seen_miou']:.1f}  unseen mIoU {m['unseen_miou']:.1f}  hIoU {m['hiou']:.1f}")
+        return path
+
+    def resume(stage: str) -> bool:
+        if not checkpoint_exists(run_dir / stage):
+            return False
+        tensors, _ = load_checkpoint(run_dir / stage)
+        model.load_state_dict(unprefixed(tensors, "segmenter."))
+        gen.load_state_dict(unprefixed(tensors, "generator."))
+        if gcn is not None and any(k.startswith("gcn.") for k in tensors):
+            gcn.load_state_dict(unprefixed(tensors, "gcn."))
+        _log(f"[{stage}] complete checkpoint found, skipping")
+        return True
+
+    skip = {"selftrain": not cfg.selftrain.enabled, "graph": not cfg.graph.enabled}
+    stages = [s for s in STAGES if not skip.get(s, False)]
+    done = [s for s in stages if checkpoint_exists(run_dir / s)]
+    last_done = done[-1] if done else None
+    if last_done:
+        resume(last_done)
+    todo = stages[stages.index(last_done) + 1 :] if last_done else stages
+    final = run_dir / (last_done or "segmenter")
+    for stage in todo:
+        if stage == "segmenter":
+            train_segmenter(cfg, model, data, run_dir, progress)
+        elif stage == "generator":
+            final = finish(stage, train_generator(cfg, model, gen, emb, data, progress))
+            continue
+        elif stage == "graph":
+            final = finish(stage, train_graph_generator(cfg, model, gcn, emb, data, progress))
+            continue
+        elif stage == "classifier":
+            train_classifier(cfg, model, gen, emb, data, progress, gcn=gcn)
+        else:
+            self_train(cfg, model, data, run_dir, progress)
+        final = finish(stage)
+    return RunResult(
+        stages=results, checkpoint=Path(final).with_suffix(".safetensors"), wall_s=time.perf_counter() - t0
+    )
+
+
+# --------------------------------------------------------------------------------------------- inference
+class ZS3Predictor:
+    """A trained ZS3Net/ZS5Net model loaded from a checkpoint, ready to label images.
+
+    Args:
+        checkpoint: path of a ``classifier`` or ``selftrain`` stage checkpoint.
+        device: where to run.
+    """
+
+    def __init__(self, checkpoint: str | Path, *, device: str = "cpu") -> None:
+        tensors, meta = load_checkpoint(checkpoint)
+        if meta.get("method") not in ("zs3net", "zs5net") or meta.get("stage") not in (
+            "classifier",
+            "selftrain",
+        ):
+            raise ZeroSegError(
+                f"{checkpoint}: not a final ZS3Net/ZS5Net checkpoint (stage {meta.get('stage')!r}); "
+                "use <run>/classifier or <run>/selftrain"
+            )
+        self.meta, self.device = meta, torch.device(device)
+        self.class_names: tuple[str, ...] = tuple(meta["class_names"])
+        seg = meta["segmenter"]
+        self.model = DeepLabV3Plus(
+            num_classes=len(self.class_names), backbone=seg["backbone"], output_stride=seg["output_stride"]
+        )
+        self.model.load_state_dict(unprefixed(tensors, "segmenter."))
+        self.model.to(self.device).eval()
+        g = meta["generator"]
+        self.generator = GMMNGenerator(
+            embed_dim=meta["embed_dim"],
+            noise_dim=g["noise_dim"],
+            hidden_dim=g["hidden_dim"],
+            feature_dim=256,
+            dropout=g["dropout"],
+            noise=g["noise"],
+        )
+        self.generator.load_state_dict(unprefixed(tensors, "generator."))
+        self.generator.to(self.device).eval()
+        self.bank_x = tensors["bank.features"]
+        self.bank_y = tensors["bank.labels"]
+        self.seen_names = [self.class_names[i] for i in meta["seen_ids"]]
+
+    def set_classes(self, names: list[str], *, samples_per_class: int = 256, epochs: int = 60, seed: int = 0) -> None:
+        """Refit the 1x1 classifier for a new class list, without retraining the segmenter.
+
+        Classes that were seen in training use their stored real features; any other name gets features
+        from the generator, conditioned on its embedding. ZS5Net checkpoints were fine-tuned for their own
+        class list, so only ZS3Net (``classifier`` stage) checkpoints accept a new one.
+        """
+        names = [n.strip() for n in names if n.strip()]
+        if not names:
+            raise ZeroSegError("empty class list")
+        if len(set(names)) != len(names):
+            raise ZeroSegError(f"duplicate class names in {names}")
+        if tuple(names) == self.class_names:
+            return
+        if self.meta["stage"] == "selftrain":
+            raise ZeroSegError(
+                "a ZS5Net (selftrain) checkpoint is fine-tuned for its own classes; "
+                "use the run's classifier checkpoint to segment a new class list"
+            )
+        torch.manual_seed(seed)
+        emb = class_embeddings(self.meta["encoder"], tuple(names)).to(self.device)
+        self.generator.train()  # dropout on while generating, as in training (see train_classifier)
+        xs, ys = [], []
+        for k, name in enumerate(names):
+            if name in self.seen_names:
+                old = self.class_names.index(name)
+                x = self.bank_x[self.bank_y == old].to(self.device)
+            else:
+                with torch.no_grad():
+                    x = self.generator(emb[k : k + 1].expand(samples_per_class, -1))
+            xs.append(x)
+            ys.append(torch.full((x.shape[0],), k, dtype=torch.long, device=self.device))
+        x_all, y_all = torch.cat(xs), torch.cat(ys)
+        self.model.reset_classifier(len(names))
+        self.model.classifier.to(self.device)
+
+        def batches():
+            perm = torch.randperm(x_all.shape[0])
+            for i in range(0, len(perm), 256):
+                j = perm[i : i + 256]
+                yield x_all[j], y_all[j]
+
+        fit_linear_classifier(
+            self.model.classifier,
+            batches,
+            epochs=epochs,
+            lr=0.01,
+            class_weight=None,
+            desc="refit",
+            progress=False,
+        )
+        self.model.eval()
+        self.generator.eval()
+        self.class_names = tuple(names)
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label a batch.
+
+        Args:
+            images: (B, 3, H, W) normalised images.
+
+        Returns:
+            labels: (B, H, W) indices into ``class_names``; confidence: (B, H, W) softmax maxima.
+        """
+        prob = self.model(images.to(self.device)).softmax(1)
+        conf, labels = prob.max(1)
+        return labels.cpu(), conf.cpu()
