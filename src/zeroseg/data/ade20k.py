@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zeroseg.data.dataset import Sample, find_dataset_dir, load_png_indices
+from zeroseg.data.dataset import Sample, find_dataset_dir, image_folder_pair, load_png_indices
 from zeroseg.errors import ZeroSegError
 
 _NESTED = ("ADEChallengeData2016", "ade/ADEChallengeData2016")
@@ -38,15 +38,7 @@ def list_samples(root: str | Path, split: str) -> list[Sample]:
     """
     if split not in _SPLIT_DIRS:
         raise ZeroSegError(f"unknown ADE20K split '{split}'; choose train (training) or val (validation)")
-    base = ade_dir(root)
-    sub = _SPLIT_DIRS[split]
-    img_dir, ann_dir = base / "images" / sub, base / "annotations" / sub
-    for d in (img_dir, ann_dir):
-        if not d.is_dir():
-            raise ZeroSegError(f"{d}: folder not found")
-    images = sorted(img_dir.glob("*.jpg"))
-    if not images:
-        raise ZeroSegError(f"{img_dir}: no .jpg images")
+    ann_dir, images = image_folder_pair(ade_dir(root), _SPLIT_DIRS[split])
     return [Sample(img, ann_dir / f"{img.stem}.png") for img in images]
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from zeroseg.data.classes import coco_stuff_lut
-from zeroseg.data.dataset import Sample, find_dataset_dir, load_png_indices
+from zeroseg.data.dataset import Sample, find_dataset_dir, image_folder_pair, load_png_indices
 from zeroseg.errors import ZeroSegError
 
 _NESTED = ("coco_stuff164k", "coco_stuff", "coco-stuff")
@@ -45,15 +45,7 @@ def list_samples(root: str | Path, split: str) -> list[Sample]:
     """
     if split not in _SPLIT_DIRS:
         raise ZeroSegError(f"unknown COCO-Stuff split '{split}'; choose train or val")
-    base = coco_stuff_dir(root)
-    sub = _SPLIT_DIRS[split]
-    img_dir, ann_dir = base / "images" / sub, base / "annotations" / sub
-    for d in (img_dir, ann_dir):
-        if not d.is_dir():
-            raise ZeroSegError(f"{d}: folder not found")
-    images = sorted(img_dir.glob("*.jpg"))
-    if not images:
-        raise ZeroSegError(f"{img_dir}: no .jpg images")
+    ann_dir, images = image_folder_pair(coco_stuff_dir(root), _SPLIT_DIRS[split])
     # One directory listing instead of two stat calls per image (118k images in train2017).
     present = {p.name for p in ann_dir.iterdir()}
     samples = []

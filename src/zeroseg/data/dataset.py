@@ -130,6 +130,24 @@ def find_dataset_dir(root: str | Path, required: Sequence[str], nested: Sequence
     raise ZeroSegError(f"{root}: not a {what} tree (no {missing}/ here or under {', '.join(nested) or '-'})")
 
 
+def image_folder_pair(base: Path, sub: str, suffixes: Sequence[str] = (".jpg",)) -> tuple[Path, list[Path]]:
+    """The ``images/<sub>`` files of ``base`` (sorted) and the ``annotations/<sub>`` folder beside them.
+
+    The layout shared by ADE20K, COCO-Stuff and the generic folder reader.
+
+    Raises:
+        ZeroSegError: a missing folder or no image in it, naming the folder.
+    """
+    img_dir, ann_dir = base / "images" / sub, base / "annotations" / sub
+    for d in (img_dir, ann_dir):
+        if not d.is_dir():
+            raise ZeroSegError(f"{d}: folder not found")
+    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+    if not images:
+        raise ZeroSegError(f"{img_dir}: no {'/'.join(suffixes)} images")
+    return ann_dir, images
+
+
 def read_id_list(path: Path) -> list[str]:
     """Read an image-id list file: one id per line; blank lines skipped.
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from zeroseg.data.classes import SYNTHETIC_CLASSES
-from zeroseg.data.dataset import Sample, load_png_indices
+from zeroseg.data.dataset import Sample, image_folder_pair, load_png_indices
 from zeroseg.data.splits import Split, load_split
 from zeroseg.errors import ZeroSegError
 
@@ -93,13 +93,11 @@ def list_samples(root: str | Path, split: str) -> list[Sample]:
         ZeroSegError: missing root or split folders, no images, or two images sharing a stem.
     """
     root = _root(root)
-    img_dir, ann_dir = root / "images" / split, root / "annotations" / split
-    for d in (img_dir, ann_dir):
-        if not d.is_dir():
-            raise ZeroSegError(f"{d}: folder not found (folder layout needs images/{split} and annotations/{split})")
-    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not images:
-        raise ZeroSegError(f"{img_dir}: no .png/.jpg images")
+    if not (root / "images" / split).is_dir():
+        raise ZeroSegError(
+            f"{root / 'images' / split}: folder not found (folder layout needs images/{split} and annotations/{split})"
+        )
+    ann_dir, images = image_folder_pair(root, split, IMAGE_SUFFIXES)
     stems: dict[str, Path] = {}
     for img in images:
         if img.stem in stems:
