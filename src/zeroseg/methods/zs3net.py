@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,6 +227,19 @@ def _features(model: DeepLabV3Plus, images: torch.Tensor) -> torch.Tensor:
     return model.extract_features(images)
 
 
+def feature_batches(
+    model: DeepLabV3Plus, loader: DataLoader, device: torch.device, *, desc: str = "", progress: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Frozen-segmenter features of each batch with its labels at feature resolution.
+
+    Yields:
+        feats: (B, 256, h, w); labels: (B, h, w) nearest-downsampled.
+    """
+    for images, labels, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        feats = _features(model, images.to(device))
+        yield feats, labels_at(labels.to(device), feats.shape[-2:])
+
+
 def train_generator(
     cfg: ExperimentConfig,
     model: DeepLabV3Plus,
@@ -247,10 +260,9 @@ def train_generator(
     for epoch in range(g.epochs):
         gen.train()
         total, n = 0.0, 0
-        bar = tqdm(loader, desc=f"generator {epoch + 1}/{g.epochs}", leave=False, disable=not progress)
-        for images, labels, _ in bar:
-            feats = _features(model, images.to(device))
-            ys = labels_at(labels.to(device), feats.shape[-2:])
+        for feats, ys in feature_batches(
+            model, loader, device, desc=f"generator {epoch + 1}/{g.epochs}", progress=progress
+        ):
             # As valeoai/ZS3: one Adam step per (image, seen class present), on `pixels_per_class` pixel
             # indices drawn with replacement; real and generated sets have the same size.
             for b in range(feats.shape[0]):
@@ -283,9 +295,8 @@ def feature_bank(
     seen = torch.tensor(data.seen_ids)
     feats, ys = [], []
     counts = torch.zeros(len(data.class_names), dtype=torch.long)
-    for images, labels, _ in loader:
-        f = _features(model, images.to(cfg.device))
-        x, y = sample_pixels(f, labels_at(labels.to(cfg.device), f.shape[-2:]), seen, 8, rng)
+    for f, y_small in feature_batches(model, loader, torch.device(cfg.device)):
+        x, y = sample_pixels(f, y_small, seen, 8, rng)
         feats.append(x.cpu())
         ys.append(y.cpu())
         counts += torch.bincount(y.cpu(), minlength=len(counts))
@@ -362,10 +373,9 @@ def train_graph_generator(
     for epoch in range(g.epochs):
         gcn.train()
         total, n = 0.0, 0
-        bar = tqdm(loader, desc=f"graph {epoch + 1}/{g.epochs}", leave=False, disable=not progress)
-        for images, labels, _ in bar:
-            feats = _features(model, images.to(device))
-            ys = labels_at(labels.to(device), feats.shape[-2:])
+        for feats, ys in feature_batches(
+            model, loader, device, desc=f"graph {epoch + 1}/{g.epochs}", progress=progress
+        ):
             for b in range(feats.shape[0]):
                 graph = segment_graph(ys[b].cpu())
                 if graph.num_nodes < 2:  # the official code skips single-segment images
@@ -470,9 +480,7 @@ def train_classifier(
         )
 
         def batches():
-            for images, labels, _ in loader:
-                f = _features(model, images.to(device))
-                y_small = labels_at(labels.to(device), f.shape[-2:])
+            for f, y_small in feature_batches(model, loader, device):
                 x, y = sample_pixels(f, y_small, seen, per, rng)
                 if y.numel() == 0:
                     continue
@@ -493,9 +501,7 @@ def train_classifier(
         )
 
         def batches():
-            for images, labels, _ in loader:
-                f = _features(model, images.to(device))
-                y = labels_at(labels.to(device), f.shape[-2:])
+            for f, y in feature_batches(model, loader, device):
                 x = f.permute(0, 2, 3, 1).clone()
                 # As valeoai/ZS3 does: an image with any unseen pixel gets generated features at *every*
                 # labelled pixel (conditioned on its ground-truth class); other images keep real features.
