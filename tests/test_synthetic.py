@@ -101,3 +101,12 @@ def test_cli_synth(tmp_path: Path, capsys) -> None:
     assert main(["synth", "--out", str(tmp_path / "x"), "--train", "3", "--val", "1", "--image-size", "24"]) == 0
     assert "3 train + 1 val images" in capsys.readouterr().out
     assert Image.open(tmp_path / "x" / "images" / "train" / "00002.png").size == (24, 24)
+
+
+def test_cli_synth_with_another_vocabulary(tmp_path: Path) -> None:
+    args = ["synth", "--out", str(tmp_path / "v"), "--train", "2", "--val", "1", "--image-size", "20"]
+    args += ["--colours", "purple,orange", "--patterns", "striped,plain", "--unseen", "orange plain"]
+    assert main(args) == 0
+    split = load_split(str(tmp_path / "v" / "split.json"))
+    assert split.unseen == ("orange plain",) and "purple plain" in split.seen
+    assert main(["synth", "--out", str(tmp_path / "w"), "--colours", "teal"]) == 2

@@ -19,7 +19,19 @@ from zeroseg.errors import ZeroSegError
 def cmd_synth(args: argparse.Namespace) -> int:
     from zeroseg.data.synthetic import SynthConfig, write_benchmark
 
-    cfg = SynthConfig(seed=args.seed, image_size=args.image_size, num_train=args.train, num_val=args.val)
+    def words(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+        return default if text is None else tuple(w.strip() for w in text.split(",") if w.strip())
+
+    defaults = SynthConfig()
+    cfg = SynthConfig(
+        seed=args.seed,
+        image_size=args.image_size,
+        num_train=args.train,
+        num_val=args.val,
+        colours=words(args.colours, defaults.colours),
+        patterns=words(args.patterns, defaults.patterns),
+        unseen=words(args.unseen, defaults.unseen),
+    )
     root = write_benchmark(args.out, cfg)
     print(
         f"wrote the embedded benchmark to {root}: {args.train} train + {args.val} val images, "
@@ -240,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, default=64)
     s.add_argument("--train", type=int, default=1200, help="training images")
     s.add_argument("--val", type=int, default=200, help="validation images")
+    s.add_argument("--colours", help="comma-separated colour words (default: red,green,blue,yellow)")
+    s.add_argument("--patterns", help="comma-separated pattern words (default: striped,dotted,checkered)")
+    s.add_argument("--unseen", help='comma-separated unseen classes, e.g. "red dotted,blue striped"')
     s.set_defaults(func=cmd_synth)
     return p
 

@@ -64,7 +64,15 @@ def ensure_synthetic(cfg: DataConfig) -> Path:
     s = cfg.synthetic
     write_benchmark(
         root,
-        SynthConfig(seed=s.seed, image_size=s.image_size, num_train=s.num_train, num_val=s.num_val),
+        SynthConfig(
+            seed=s.seed,
+            image_size=s.image_size,
+            num_train=s.num_train,
+            num_val=s.num_val,
+            colours=s.colours,
+            patterns=s.patterns,
+            unseen=s.unseen,
+        ),
     )
     return root
 
