@@ -37,15 +37,6 @@ selftrain: {{enabled: true, epochs: 1}}
     return cfg
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores shared with other processes: spin-waiting threads slow tiny models down badly.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_cli_train_eval_predict(tmp_path: Path, capsys) -> None:
     cfg = tiny_config(tmp_path)
     assert main(["train", str(cfg), "--quiet"]) == 0

@@ -147,6 +147,39 @@ class GraphContextConfig:
 
 
 @dataclass
+class ZSMMDConfig:
+    """ZS-MMD recursive training (Wang, Farazi, Barnes, IJCNN 2021); see ``zeroseg.methods.zs_mmd``.
+
+    Attributes:
+        rounds: recursion rounds after ZS3Net's classifier stage (round 0).
+        threshold: minimum softmax confidence for a pixel predicted as an unseen class to become a
+            pseudo-feature.
+        weighting: "confidence" weights each pseudo-feature by its confidence in the ZS-MMD loss; "uniform"
+            gives the plain MMD over the selected pixels (ablation).
+        source: images the pseudo-features come from. "unlabelled": training images dropped by
+            ``data.unseen_policy=drop`` (they contain unseen classes; read without labels -- transductive);
+            "train": the training images of stage 1; "all": both.
+        max_pseudo_per_class: cap of the stored pseudo-features per unseen class (random subset).
+        min_pseudo_per_class: an unseen class with fewer selected pixels gets no ZS-MMD term that round.
+        pseudo_weight: weight of the ZS-MMD term added to each generator step's seen-class MMD.
+        generator_epochs: generator fine-tuning epochs per round.
+        generator_lr: Adam learning rate of that fine-tuning (None: ``generator.lr``).
+        reset_generator: re-initialise the generator each round instead of fine-tuning it.
+    """
+
+    rounds: int = 3
+    threshold: float = 0.8
+    weighting: Literal["confidence", "uniform"] = "confidence"
+    source: Literal["unlabelled", "train", "all"] = "unlabelled"
+    max_pseudo_per_class: int = 4096
+    min_pseudo_per_class: int = 16
+    pseudo_weight: float = 1.0
+    generator_epochs: int = 2
+    generator_lr: float | None = None
+    reset_generator: bool = False
+
+
+@dataclass
 class ExperimentConfig:
     """One experiment: method x dataset x split."""
 
@@ -162,6 +195,7 @@ class ExperimentConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     selftrain: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
     graph: GraphContextConfig = field(default_factory=GraphContextConfig)
+    zs_mmd: ZSMMDConfig = field(default_factory=ZSMMDConfig)
 
     @property
     def run_dir(self) -> Path:

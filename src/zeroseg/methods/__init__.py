@@ -17,7 +17,11 @@ def run_method(cfg: ExperimentConfig, *, progress: bool = True):
         from zeroseg.methods import zs3net
 
         return zs3net.train(cfg, progress=progress)
-    raise ZeroSegError(f"method '{cfg.method}' is not implemented yet; available: zs3net")
+    if cfg.method == "zs_mmd":
+        from zeroseg.methods import zs_mmd
+
+        return zs_mmd.train(cfg, progress=progress)
+    raise ZeroSegError(f"method '{cfg.method}' is not implemented yet; available: zs3net, zs_mmd")
 
 
 def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, *, progress: bool = True) -> dict:
@@ -26,7 +30,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, *, progre
     from zeroseg.engine.checkpoint import load_checkpoint
 
     _, meta = load_checkpoint(checkpoint)
-    if meta.get("method") not in ("zs3net", "zs5net"):
+    if meta.get("method") not in ("zs3net", "zs5net", "zs_mmd"):
         raise ZeroSegError(f"{checkpoint}: unknown method {meta.get('method')!r} in checkpoint metadata")
     from zeroseg.methods import zs3net
 

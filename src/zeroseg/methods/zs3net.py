@@ -705,16 +705,13 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
             _log(f"[{stage}] seen mIoU {m['seen_miou']:.1f}  unseen mIoU {m['unseen_miou']:.1f}  hIoU {m['hiou']:.1f}")
         return path
 
-    def resume(stage: str) -> bool:
-        if not checkpoint_exists(run_dir / stage):
-            return False
+    def resume(stage: str) -> None:
         tensors, _ = load_checkpoint(run_dir / stage)
         model.load_state_dict(unprefixed(tensors, "segmenter."))
         gen.load_state_dict(unprefixed(tensors, "generator."))
         if gcn is not None and any(k.startswith("gcn.") for k in tensors):
             gcn.load_state_dict(unprefixed(tensors, "gcn."))
         _log(f"[{stage}] complete checkpoint found, skipping")
-        return True
 
     skip = {"selftrain": not cfg.selftrain.enabled, "graph": not cfg.graph.enabled}
     stages = [s for s in STAGES if not skip.get(s, False)]
@@ -754,9 +751,10 @@ class ZS3Predictor:
 
     def __init__(self, checkpoint: str | Path, *, device: str = "cpu") -> None:
         tensors, meta = load_checkpoint(checkpoint)
-        if meta.get("method") not in ("zs3net", "zs5net") or meta.get("stage") not in (
+        if meta.get("method") not in ("zs3net", "zs5net", "zs_mmd") or meta.get("stage") not in (
             "classifier",
             "selftrain",
+            "zs_mmd",
         ):
             raise ZeroSegError(
                 f"{checkpoint}: not a final ZS3Net/ZS5Net checkpoint (stage {meta.get('stage')!r}); "
