@@ -27,12 +27,10 @@ def run_method(cfg: ExperimentConfig, *, progress: bool = True):
 def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, *, progress: bool = True) -> dict:
     """Evaluate a final checkpoint on the validation set of ``cfg.data``; returns a JSON-able dict."""
     from zeroseg.data.build import build_zero_shot_data
-    from zeroseg.engine.checkpoint import load_checkpoint
-
-    _, meta = load_checkpoint(checkpoint)
-    if meta.get("method") not in ("zs3net", "zs5net", "zs_mmd"):
-        raise ZeroSegError(f"{checkpoint}: unknown method {meta.get('method')!r} in checkpoint metadata")
     from zeroseg.methods import zs3net
+
+    predictor = zs3net.ZS3Predictor(checkpoint, device=cfg.device)
+    meta = predictor.meta
 
     data = build_zero_shot_data(cfg.data, progress=progress)
     if list(data.class_names) != meta["class_names"]:
@@ -40,7 +38,6 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, *, progre
             f"{checkpoint}: trained for classes {meta['class_names'][:4]}..., config's split has "
             f"{list(data.class_names)[:4]}... (different split or dataset)"
         )
-    predictor = zs3net.ZS3Predictor(checkpoint, device=cfg.device)
     from torch.utils.data import DataLoader
 
     from zeroseg.data.build import collate

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from zeroseg.engine.checkpoint import load_checkpoint
 from zeroseg.errors import ZeroSegError
 from zeroseg.visualize import IMAGENET_MEAN, IMAGENET_STD, save_label_png, save_overlay_with_legend
 
@@ -49,13 +48,10 @@ def predict_images(
     Returns:
         the written paths. All inputs are read and checked before anything is written.
     """
-    _, meta = load_checkpoint(checkpoint)
-    if meta.get("method") not in ("zs3net", "zs5net"):
-        raise ZeroSegError(f"{checkpoint}: unknown method {meta.get('method')!r}")
     from zeroseg.methods.zs3net import ZS3Predictor
 
-    arrays = [read_rgb(p, size) for p in images]
     predictor = ZS3Predictor(checkpoint)
+    arrays = [read_rgb(p, size) for p in images]
     if classes is not None:
         predictor.set_classes(classes)
     out = Path(out_dir)
@@ -71,7 +67,7 @@ def predict_images(
             label,
             predictor.class_names,
             out / f"{stem}_overlay.png",
-            title=f"{meta['method']} prediction",
+            title=f"{predictor.meta['method']} prediction",
         )
         written += [out / f"{stem}.png", out / f"{stem}_overlay.png"]
     return written

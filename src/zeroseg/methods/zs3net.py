@@ -78,6 +78,8 @@ from zeroseg.modules.mmd import mmd_loss
 from zeroseg.text import get_encoder
 
 STAGES = ("segmenter", "generator", "graph", "classifier", "selftrain")
+#: The checkpoints that :class:`ZS3Predictor` serves: method -> its final stage (ZS-MMD reuses this predictor).
+FINAL_STAGES = {"zs3net": "classifier", "zs5net": "selftrain", "zs_mmd": "zs_mmd"}
 BANK_PER_CLASS = 256
 
 
@@ -751,14 +753,10 @@ class ZS3Predictor:
 
     def __init__(self, checkpoint: str | Path, *, device: str = "cpu") -> None:
         tensors, meta = load_checkpoint(checkpoint)
-        if meta.get("method") not in ("zs3net", "zs5net", "zs_mmd") or meta.get("stage") not in (
-            "classifier",
-            "selftrain",
-            "zs_mmd",
-        ):
+        if FINAL_STAGES.get(meta.get("method")) != meta.get("stage"):
             raise ZeroSegError(
-                f"{checkpoint}: not a final ZS3Net/ZS5Net checkpoint (stage {meta.get('stage')!r}); "
-                "use <run>/classifier or <run>/selftrain"
+                f"{checkpoint}: not a final checkpoint (method {meta.get('method')!r}, stage {meta.get('stage')!r}); "
+                "use <run>/classifier (ZS3Net), <run>/selftrain (ZS5Net) or <run>/zs_mmd_round<N> (ZS-MMD)"
             )
         self.meta, self.device = meta, torch.device(device)
         self.class_names: tuple[str, ...] = tuple(meta["class_names"])
