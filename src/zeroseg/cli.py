@@ -178,7 +178,7 @@ def _write_json(path: str | Path, data: object) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zeroseg",
-        description="Zero-shot semantic segmentation: ZS3Net/ZS5Net, ZS-MMD, ZegFormer on standard splits.",
+        description="Zero-shot semantic segmentation: ZS3Net, ZS5Net, ZS3Net-GC and ZS-MMD on the standard splits.",
     )
     p.add_argument("--version", action="version", version=f"zeroseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
