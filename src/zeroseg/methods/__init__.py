@@ -25,38 +25,11 @@ def run_method(cfg: ExperimentConfig, *, progress: bool = True):
 
 
 def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, *, progress: bool = True) -> dict:
-    """Evaluate a final checkpoint on the validation set of ``cfg.data``; returns a JSON-able dict."""
-    from zeroseg.data.build import build_zero_shot_data
+    """Evaluate a final checkpoint (ZS3Net, ZS5Net or ZS-MMD) on the validation set of ``cfg.data``.
+
+    Under torchrun the validation images are sharded over the ranks and the confusion matrices summed, which
+    gives exactly the single-process result. Returns a JSON-able dict.
+    """
     from zeroseg.methods import zs3net
 
-    predictor = zs3net.ZS3Predictor(checkpoint, device=cfg.device)
-    meta = predictor.meta
-
-    data = build_zero_shot_data(cfg.data, progress=progress)
-    if list(data.class_names) != meta["class_names"]:
-        raise ZeroSegError(
-            f"{checkpoint}: trained for classes {meta['class_names'][:4]}..., config's split has "
-            f"{list(data.class_names)[:4]}... (different split or dataset)"
-        )
-    from torch.utils.data import DataLoader
-
-    from zeroseg.data.build import collate
-    from zeroseg.engine.loop import evaluate_model
-
-    loader = DataLoader(data.val, batch_size=cfg.data.eval_batch_size, collate_fn=collate)
-    cm = evaluate_model(
-        lambda x: predictor.predict(x)[0],
-        loader,
-        num_classes=len(data.class_names),
-        device=predictor.device,
-        progress=progress,
-    )
-    return {
-        "method": meta["method"],
-        "stage": meta["stage"],
-        "protocol": meta["protocol"],
-        "transductive": meta["transductive"],
-        "checkpoint": str(checkpoint),
-        "split": meta["split"]["name"],
-        "metrics": zs3net.metrics_dict(cm.mat, data),
-    }
+    return zs3net.evaluate_checkpoint(cfg, checkpoint, progress=progress)

@@ -34,6 +34,7 @@ complete stage, and the segmenter stage also resumes from its last finished epoc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +62,14 @@ from zeroseg.engine.checkpoint import (
     save_checkpoint,
     unprefixed,
 )
+from zeroseg.engine.distributed import (
+    ShardSampler,
+    barrier,
+    broadcast_state,
+    init_distributed,
+    is_main,
+    world_size,
+)
 from zeroseg.engine.loop import (
     evaluate_model,
     optimizer_from_tensors,
@@ -84,7 +93,8 @@ BANK_PER_CLASS = 256
 
 
 def _log(msg: str) -> None:
-    tqdm.write(msg)
+    if is_main():
+        tqdm.write(msg)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -132,7 +142,18 @@ def sample_pixels(
     return torch.cat(feats), torch.cat(ys)
 
 
-def _loader(ds: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int) -> DataLoader:
+def _loader(ds: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int, shard: bool = False) -> DataLoader:
+    """A loader of (image, label, stem) batches.
+
+    With ``shard`` under torch.distributed, each rank reads its own slice (:class:`ShardSampler`): for training
+    ``batch_size`` is the global batch, split over the ranks; for evaluation every image is read exactly once.
+    Stages that are cheap (generator, classifier) read everything on every rank with the same seed, so all
+    ranks stay identical without communication.
+    """
+    if shard and world_size() > 1:
+        per_rank = max(1, batch_size // world_size()) if shuffle else batch_size
+        sampler = ShardSampler(len(ds), shuffle=shuffle, seed=seed)
+        return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=collate)
     return DataLoader(
         ds,
         batch_size=batch_size,
@@ -142,6 +163,21 @@ def _loader(ds: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: 
         drop_last=False,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _reseed(loader: DataLoader, seed: int) -> None:
+    """Make the shuffle order of an epoch a function of ``seed`` alone (resumed runs see the same batches)."""
+    if isinstance(loader.sampler, ShardSampler):
+        loader.sampler.seed, loader.sampler.epoch = seed, 0
+    else:
+        loader.generator.manual_seed(seed)
+
+
+def _parallel(model: nn.Module) -> nn.Module:
+    """DistributedDataParallel around ``model`` when several ranks train it, else ``model`` itself."""
+    if world_size() <= 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model)
 
 
 def build_segmenter(cfg: ExperimentConfig, num_classes: int) -> DeepLabV3Plus:
@@ -178,7 +214,9 @@ def train_segmenter(
     """Stage 1: supervised training on seen classes, resumable per epoch (``segmenter_last``)."""
     s = cfg.segmenter
     device = torch.device(cfg.device)
-    loader = _loader(data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed)
+    loader = _loader(
+        data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed, shard=True
+    )
     optimizer = torch.optim.SGD(
         model.parameter_groups(s.lr, head_lr_mult=s.head_lr_mult),
         lr=s.lr,
@@ -197,11 +235,12 @@ def train_segmenter(
         start = meta["epoch"]
         torch.set_rng_state(unprefixed(tensors, "rng.")["cpu"])
         _log(f"[segmenter] resuming after epoch {start}/{s.epochs}")
+    net = _parallel(model)
     for epoch in range(start, s.epochs):
         # Shuffle order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
-        loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
+        _reseed(loader, cfg.seed * 100_003 + epoch)
         loss = train_one_epoch(
-            model,
+            net,
             loader,
             optimizer,
             scheduler,
@@ -212,6 +251,8 @@ def train_segmenter(
         )
         _log(f"[segmenter] epoch {epoch + 1}/{s.epochs} loss {loss:.4f}")
         opt_t, opt_meta = optimizer_to_tensors(optimizer)
+        if not is_main():
+            continue
         save_checkpoint(
             last,
             {
@@ -557,9 +598,11 @@ def make_pseudo_labels(
         if sel.any():
             thr = torch.quantile(conf[sel].float(), 1.0 - cfg.selftrain.top_percent / 100.0)
             pseudo[sel & (conf >= thr)] = c
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stem, lab in zip(stems, pseudo, strict=True):
-        Image.fromarray(lab.numpy().astype(np.uint8)).save(out_dir / f"{stem}.png")
+    if is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stem, lab in zip(stems, pseudo, strict=True):
+            Image.fromarray(lab.numpy().astype(np.uint8)).save(out_dir / f"{stem}.png")
+    barrier()
     return stems
 
 
@@ -583,6 +626,7 @@ def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, 
         shuffle=True,
         workers=cfg.data.num_workers,
         seed=cfg.seed + 4,
+        shard=True,
     )
     optimizer = torch.optim.SGD(
         model.parameter_groups(st.lr, head_lr_mult=cfg.segmenter.head_lr_mult),
@@ -594,9 +638,12 @@ def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, 
         optimizer, poly_lambda(st.epochs * len(loader), cfg.segmenter.poly_power)
     )
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE)
+    net = _parallel(model)
     for epoch in range(st.epochs):
+        if isinstance(loader.sampler, ShardSampler):
+            loader.sampler.set_epoch(epoch)
         loss = train_one_epoch(
-            model,
+            net,
             loader,
             optimizer,
             scheduler,
@@ -637,7 +684,9 @@ def _meta(cfg: ExperimentConfig, data: ZeroShotData, stage: str, emb: torch.Tens
 def evaluate_segmenter(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, progress: bool) -> dict:
     """Metrics of ``model`` on the validation set (argmax over every class of the split)."""
     model.eval()
-    loader = _loader(data.val, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0)
+    loader = _loader(
+        data.val, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0, shard=True
+    )
     cm = evaluate_model(
         lambda x: model(x).argmax(1),
         loader,
@@ -662,10 +711,19 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    local_device = init_distributed(cfg.device)
+    if is_main():
+        save_config(cfg, run_dir / "config.yaml")
+    cfg = dataclasses.replace(cfg, device=local_device)  # this rank's device (cuda:<local rank> under torchrun)
+    progress = progress and is_main()
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
+    # Rank 0 prepares the data (the synthetic benchmark is written on first use) before the others read it.
+    if not is_main():
+        barrier()
     data = build_zero_shot_data(cfg.data, progress=progress)
+    if is_main():
+        barrier()
     emb = class_embeddings(cfg.text.encoder, data.class_names)
     model = build_segmenter(cfg, len(data.class_names)).to(device)
     gen = build_generator(cfg, emb.shape[1]).to(device)
@@ -686,6 +744,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
         results = json.loads(metrics_path.read_text())
 
     def finish(stage: str, history: list[float] | None = None) -> Path:
+        broadcast_state(model, gen, gcn)
         tensors = {
             **prefixed(model.state_dict(), "segmenter."),
             **prefixed(gen.state_dict(), "generator."),
@@ -700,8 +759,11 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
             results[stage] = {"mmd_history": history}
         else:
             results[stage] = evaluate_segmenter(cfg, model, data, progress)
-        path = save_checkpoint(run_dir / stage, tensors, _meta(cfg, data, stage, emb, metrics=results[stage]))
-        metrics_path.write_text(json.dumps(results, indent=2) + "\n")
+        path = run_dir / f"{stage}.safetensors"
+        if is_main():
+            save_checkpoint(run_dir / stage, tensors, _meta(cfg, data, stage, emb, metrics=results[stage]))
+            metrics_path.write_text(json.dumps(results, indent=2) + "\n")
+        barrier()
         m = results[stage]
         if "hiou" in m:
             _log(f"[{stage}] seen mIoU {m['seen_miou']:.1f}  unseen mIoU {m['unseen_miou']:.1f}  hIoU {m['hiou']:.1f}")
@@ -849,3 +911,41 @@ class ZS3Predictor:
         prob = self.model(images.to(self.device)).softmax(1)
         conf, labels = prob.max(1)
         return labels.cpu(), conf.cpu()
+
+
+def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, *, progress: bool = True) -> dict:
+    """Metrics of a final checkpoint on ``cfg.data``'s validation set (sharded under torchrun)."""
+    cfg = dataclasses.replace(cfg, device=init_distributed(cfg.device))
+    progress = progress and is_main()
+    predictor = ZS3Predictor(checkpoint, device=cfg.device)
+    meta = predictor.meta
+    if not is_main():
+        barrier()
+    data = build_zero_shot_data(cfg.data, progress=progress)
+    if is_main():
+        barrier()
+    if list(data.class_names) != meta["class_names"]:
+        raise ZeroSegError(
+            f"{checkpoint}: trained for classes {meta['class_names'][:4]}..., config's split has "
+            f"{list(data.class_names)[:4]}... (different split or dataset)"
+        )
+    loader = _loader(
+        data.val, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0, shard=True
+    )
+    cm = evaluate_model(
+        lambda x: predictor.predict(x)[0],
+        loader,
+        num_classes=len(data.class_names),
+        device=predictor.device,
+        progress=progress,
+    )
+    return {
+        "method": meta["method"],
+        "stage": meta["stage"],
+        "protocol": meta["protocol"],
+        "transductive": meta["transductive"],
+        "checkpoint": str(checkpoint),
+        "split": meta["split"]["name"],
+        "world_size": world_size(),
+        "metrics": metrics_dict(cm.mat, data),
+    }

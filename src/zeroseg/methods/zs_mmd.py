@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from zeroseg.config import ExperimentConfig, save_config
 from zeroseg.data.build import ZeroShotData, build_zero_shot_data
 from zeroseg.engine.checkpoint import checkpoint_exists, load_checkpoint, prefixed, save_checkpoint, unprefixed
+from zeroseg.engine.distributed import barrier, broadcast_state, init_distributed, is_main
 from zeroseg.engine.loop import seed_everything
 from zeroseg.errors import ZeroSegError
 from zeroseg.methods import zs3net
@@ -248,9 +249,12 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
     z = cfg.zs_mmd
     # Round 0 is plain ZS3Net; ZS5Net self-training is a different method and stays off.
     base = dataclasses.replace(cfg, selftrain=dataclasses.replace(cfg.selftrain, enabled=False))
-    zs3 = zs3net.train(base, progress=progress)
+    zs3 = zs3net.train(base, progress=progress)  # also joins the process group under torchrun
     run_dir = cfg.run_dir
-    save_config(cfg, run_dir / "config.yaml")
+    if is_main():
+        save_config(cfg, run_dir / "config.yaml")
+    cfg = dataclasses.replace(cfg, device=init_distributed(cfg.device))
+    progress = progress and is_main()
     device = torch.device(cfg.device)
     data = build_zero_shot_data(cfg.data, progress=progress)
     emb = class_embeddings(cfg.text.encoder, data.class_names)
@@ -280,10 +284,15 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
             gen = build_generator(cfg, emb.shape[1]).to(device)
         history = retrain_generator(cfg, model, gen, emb, data, pools, rng, progress)
         train_classifier(cfg, model, gen, emb, data, progress)
+        broadcast_state(model, gen)
         bank_x, bank_y = feature_bank(model, data, cfg)
         metrics = evaluate_segmenter(cfg, model, data, progress)
         results[round_name(r)] = {**metrics, "pseudo_counts": counts, "generator_loss": history}
-        final = save_checkpoint(
+        final = run_dir / round_name(r)
+        if not is_main():
+            barrier()
+            continue
+        save_checkpoint(
             run_dir / round_name(r),
             {
                 **prefixed(model.state_dict(), "segmenter."),
@@ -306,6 +315,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
             ),
         )
         metrics_path.write_text(json.dumps(results, indent=2) + "\n")
+        barrier()
         _log(
             f"[zs-mmd] round {r}: seen mIoU {metrics['seen_miou']:.1f}  unseen mIoU {metrics['unseen_miou']:.1f}"
             f"  hIoU {metrics['hiou']:.1f}"
