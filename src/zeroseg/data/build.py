@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from zeroseg.config import DataConfig
 from zeroseg.data.dataset import SegmentationDataset, build_dataset

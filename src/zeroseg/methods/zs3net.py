@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from zeroseg.config import ExperimentConfig, save_config, to_dict
 from zeroseg.data.build import IGNORE, ZeroShotData, build_zero_shot_data, collate

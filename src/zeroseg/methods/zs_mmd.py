@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from zeroseg.config import ExperimentConfig, save_config
 from zeroseg.data.build import ZeroShotData, build_zero_shot_data
