@@ -283,6 +283,28 @@ def feature_batches(
         yield feats, labels_at(labels.to(device), feats.shape[-2:])
 
 
+def seen_pixel_sets(
+    feats: torch.Tensor, ys: torch.Tensor, seen: set[int], n: int, rng: torch.Generator
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The generator's real targets, as valeoai/ZS3 draws them: for each image and each seen class present in
+    it, ``n`` pixel features drawn with replacement (one Adam step is taken per such set).
+
+    Args:
+        feats: (B, F, h, w) features; ys: (B, h, w) labels at feature resolution.
+
+    Yields:
+        (class id, real features (n, F)).
+    """
+    for b in range(feats.shape[0]):
+        flat_f = feats[b].flatten(1).T
+        flat_y = ys[b].flatten()
+        for c in torch.unique(flat_y).tolist():
+            if c not in seen:
+                continue
+            where = torch.nonzero(flat_y == c).squeeze(1)
+            yield c, flat_f[where[torch.randint(where.numel(), (n,), generator=rng).to(where.device)]]
+
+
 def train_generator(
     cfg: ExperimentConfig,
     model: DeepLabV3Plus,
@@ -306,23 +328,13 @@ def train_generator(
         for feats, ys in feature_batches(
             model, loader, device, desc=f"generator {epoch + 1}/{g.epochs}", progress=progress
         ):
-            # As valeoai/ZS3: one Adam step per (image, seen class present), on `pixels_per_class` pixel
-            # indices drawn with replacement; real and generated sets have the same size.
-            for b in range(feats.shape[0]):
-                flat_f = feats[b].flatten(1).T
-                flat_y = ys[b].flatten()
-                for c in torch.unique(flat_y).tolist():
-                    if c not in seen_set:
-                        continue
-                    where = torch.nonzero(flat_y == c).squeeze(1)
-                    pick = where[torch.randint(where.numel(), (g.pixels_per_class,), generator=rng)]
-                    fake = gen(emb[c].expand(g.pixels_per_class, -1))
-                    loss = mmd_loss(fake, flat_f[pick], sigmas=g.sigmas)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += loss.item()
-                    n += 1
+            for c, real in seen_pixel_sets(feats, ys, seen_set, g.pixels_per_class, rng):
+                loss = mmd_loss(gen(emb[c].expand(g.pixels_per_class, -1)), real, sigmas=g.sigmas)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item()
+                n += 1
         history.append(total / max(n, 1))
         _log(f"[generator] epoch {epoch + 1}/{g.epochs} mmd {history[-1]:.4f}")
     return history

@@ -66,6 +66,7 @@ from zeroseg.methods.zs3net import (
     evaluate_segmenter,
     feature_bank,
     feature_batches,
+    seen_pixel_sets,
     train_classifier,
 )
 from zeroseg.modules.deeplab import DeepLabV3Plus
@@ -196,30 +197,23 @@ def retrain_generator(
         total, count = 0.0, 0
         desc = f"zs-mmd generator {epoch + 1}/{z.generator_epochs}"
         for feats, ys in feature_batches(model, loader, device, desc=desc, progress=progress):
-            for b in range(feats.shape[0]):
-                flat_f = feats[b].flatten(1).T
-                flat_y = ys[b].flatten()
-                for c in torch.unique(flat_y).tolist():
-                    if c not in seen_set:
-                        continue
-                    where = torch.nonzero(flat_y == c).squeeze(1)
-                    pick = where[torch.randint(where.numel(), (n,), generator=rng).to(device)]
-                    loss = mmd_loss(gen(emb[c].expand(n, -1)), flat_f[pick], sigmas=g.sigmas)
-                    if turn:
-                        u = turn[step % len(turn)]
-                        px, pw = pools[u]
-                        if px.shape[0] >= n:
-                            sel = torch.randperm(px.shape[0], generator=rng)[:n].to(device)
-                        else:
-                            sel = torch.randint(px.shape[0], (n,), generator=rng).to(device)
-                        zs = weighted_mmd_loss(gen(emb[u].expand(n, -1)), px[sel], y_weights=pw[sel], sigmas=g.sigmas)
-                        loss = loss + z.pseudo_weight * zs
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += loss.item()
-                    count += 1
-                    step += 1
+            for c, real in seen_pixel_sets(feats, ys, seen_set, n, rng):
+                loss = mmd_loss(gen(emb[c].expand(n, -1)), real, sigmas=g.sigmas)
+                if turn:
+                    u = turn[step % len(turn)]
+                    px, pw = pools[u]
+                    if px.shape[0] >= n:
+                        sel = torch.randperm(px.shape[0], generator=rng)[:n].to(device)
+                    else:
+                        sel = torch.randint(px.shape[0], (n,), generator=rng).to(device)
+                    zs = weighted_mmd_loss(gen(emb[u].expand(n, -1)), px[sel], y_weights=pw[sel], sigmas=g.sigmas)
+                    loss = loss + z.pseudo_weight * zs
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item()
+                count += 1
+                step += 1
         history.append(total / max(count, 1))
         _log(f"[zs-mmd generator] epoch {epoch + 1}/{z.generator_epochs} loss {history[-1]:.4f}")
     return history
