@@ -15,30 +15,11 @@ from zeroseg.methods import zs3net
 from zeroseg.modules.gmmn import GMMNGenerator
 from zeroseg.modules.mmd import mmd_loss
 
-
-def tiny_config(tmp_path: Path, **extra: str) -> Path:
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(
-        f"""
-name: tiny
-out_dir: {tmp_path / "runs"}
-data:
-  root: {tmp_path / "synth"}
-  batch_size: 8
-  eval_batch_size: 8
-  crop_size: 32
-  synthetic: {{num_train: 32, num_val: 6, image_size: 32}}
-segmenter: {{backbone: tiny, epochs: 2}}
-generator: {{epochs: 1, pixels_per_class: 16}}
-classifier: {{epochs: 1}}
-selftrain: {{enabled: true, epochs: 1}}
-"""
-    )
-    return cfg
+ZS5 = {"segmenter": {"epochs": 2}, "selftrain": {"enabled": True, "epochs": 1}}
 
 
-def test_cli_train_eval_predict(tmp_path: Path, capsys) -> None:
-    cfg = tiny_config(tmp_path)
+def test_cli_train_eval_predict(tmp_path: Path, tiny_config, capsys) -> None:
+    cfg = tiny_config(**ZS5)
     assert main(["train", str(cfg), "--quiet"]) == 0
     run = tmp_path / "runs" / "tiny"
     for stage in ("segmenter", "generator", "classifier", "selftrain"):
@@ -102,8 +83,8 @@ def test_cli_train_eval_predict(tmp_path: Path, capsys) -> None:
     assert (out / "00000_overlay.png").is_file()
 
 
-def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
-    cfg = tiny_config(tmp_path)
+def test_cli_errors_are_one_line(tmp_path: Path, tiny_config, capsys) -> None:
+    cfg = tiny_config(**ZS5)
     assert main(["train", str(cfg), "segmenter.epochz=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown config key 'segmenter.epochz'" in err
@@ -111,8 +92,8 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert "checkpoint not found" in capsys.readouterr().err
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
-    cfg_path = tiny_config(tmp_path)
+def test_resume_after_kill_matches_uninterrupted_run(tiny_config, monkeypatch) -> None:
+    cfg_path = tiny_config(**ZS5)
     straight = load_config(cfg_path, ["name=straight", "selftrain.enabled=false"])
     zs3net.train(straight, progress=False)
 
@@ -198,9 +179,9 @@ def test_sample_pixels_caps_per_image_and_class() -> None:
         assert hits.any() and (labels[0][hits] == c).all()
 
 
-def test_graph_context_stage_runs_and_is_stored(tmp_path: Path) -> None:
+def test_graph_context_stage_runs_and_is_stored(tiny_config) -> None:
     cfg = load_config(
-        tiny_config(tmp_path), ["name=gc", "graph.enabled=true", "selftrain.enabled=false", "generator.epochs=2"]
+        tiny_config(**ZS5), ["name=gc", "graph.enabled=true", "selftrain.enabled=false", "generator.epochs=2"]
     )
     res = zs3net.train(cfg, progress=False)
     tensors, meta = load_checkpoint(cfg.run_dir / "graph")

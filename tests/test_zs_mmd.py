@@ -100,30 +100,14 @@ def test_select_pseudo_features_thresholds_unseen_predictions() -> None:
 
 
 # --------------------------------------------------------------------------------------------- end to end
-def tiny_config(tmp_path: Path) -> Path:
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(
-        f"""
-name: tiny
-method: zs_mmd
-out_dir: {tmp_path / "runs"}
-data:
-  root: {tmp_path / "synth"}
-  batch_size: 8
-  eval_batch_size: 8
-  crop_size: 32
-  synthetic: {{num_train: 32, num_val: 6, image_size: 32}}
-segmenter: {{backbone: tiny, epochs: 1}}
-generator: {{epochs: 1, pixels_per_class: 16}}
-classifier: {{epochs: 1}}
-zs_mmd: {{rounds: 2, generator_epochs: 1, threshold: 0.0, min_pseudo_per_class: 1}}
-"""
-    )
-    return cfg
+ZS_MMD = {
+    "method": "zs_mmd",
+    "zs_mmd": {"rounds": 2, "generator_epochs": 1, "threshold": 0.0, "min_pseudo_per_class": 1},
+}
 
 
-def test_train_rounds_resume_and_eval(tmp_path: Path, monkeypatch, capsys) -> None:
-    cfg = tiny_config(tmp_path)
+def test_train_rounds_resume_and_eval(tmp_path: Path, tiny_config, monkeypatch, capsys) -> None:
+    cfg = tiny_config(**ZS_MMD)
     assert main(["train", str(cfg), "--quiet"]) == 0
     run = tmp_path / "runs" / "tiny"
     for name in ("segmenter", "generator", "classifier", "zs_mmd_round1", "zs_mmd_round2"):
@@ -170,12 +154,12 @@ def test_train_rounds_resume_and_eval(tmp_path: Path, monkeypatch, capsys) -> No
     assert (out / "00000.png").is_file() and (out / "00000_overlay.png").is_file()
 
 
-def test_config_errors(tmp_path: Path) -> None:
-    cfg = load_config(tiny_config(tmp_path), ["graph.enabled=true"])
+def test_config_errors(tiny_config) -> None:
+    cfg = load_config(tiny_config(**ZS_MMD), ["graph.enabled=true"])
     with pytest.raises(ZeroSegError, match="graph.enabled"):
         zs_mmd.train(cfg, progress=False)
     with pytest.raises(ZeroSegError, match="zs_mmd.weighting"):
-        load_config(tiny_config(tmp_path), ["zs_mmd.weighting=soft"])
+        load_config(tiny_config(**ZS_MMD), ["zs_mmd.weighting=soft"])
 
 
 def test_confidence_weights_pull_the_generator_to_confident_pseudo_features() -> None:
