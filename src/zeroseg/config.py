@@ -19,24 +19,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from zeroseg.data.synthetic import DEFAULT_COLOURS, DEFAULT_PATTERNS, DEFAULT_UNSEEN
+from zeroseg.data.synthetic import SynthConfig
 from zeroseg.errors import ZeroSegError
-
-
-@dataclass
-class SynthData:
-    """Parameters of the embedded benchmark, generated under ``data.root`` when it is missing.
-
-    The vocabulary is a parameter: other colour/pattern words or another unseen set make another benchmark.
-    """
-
-    seed: int = 0
-    image_size: int = 64
-    num_train: int = 1200
-    num_val: int = 200
-    colours: tuple[str, ...] = DEFAULT_COLOURS
-    patterns: tuple[str, ...] = DEFAULT_PATTERNS
-    unseen: tuple[str, ...] = DEFAULT_UNSEEN
 
 
 @dataclass
@@ -70,7 +54,7 @@ class DataConfig:
     num_workers: int = 0
     max_train_images: int | None = None
     max_val_images: int | None = None
-    synthetic: SynthData = field(default_factory=SynthData)
+    synthetic: SynthConfig = field(default_factory=SynthConfig)
 
 
 @dataclass

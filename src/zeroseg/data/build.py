@@ -23,7 +23,7 @@ from tqdm import tqdm
 from zeroseg.config import DataConfig
 from zeroseg.data.dataset import SegmentationDataset, build_dataset
 from zeroseg.data.splits import Split, load_split
-from zeroseg.data.synthetic import SynthConfig, write_benchmark
+from zeroseg.data.synthetic import write_benchmark
 from zeroseg.data.transforms import eval_transform, train_transform
 from zeroseg.errors import ZeroSegError
 
@@ -61,19 +61,7 @@ class ZeroShotData:
 def ensure_synthetic(cfg: DataConfig) -> Path:
     """Generate the embedded benchmark under ``cfg.root`` unless it is already complete there."""
     root = Path(cfg.root)
-    s = cfg.synthetic
-    write_benchmark(
-        root,
-        SynthConfig(
-            seed=s.seed,
-            image_size=s.image_size,
-            num_train=s.num_train,
-            num_val=s.num_val,
-            colours=s.colours,
-            patterns=s.patterns,
-            unseen=s.unseen,
-        ),
-    )
+    write_benchmark(root, cfg.synthetic)
     return root
 
 
