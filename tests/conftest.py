@@ -1,3 +1,4 @@
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,3 +49,32 @@ def tiny_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+#: A tiny open_clip ViT (32 px input, 2 x 2 patch grid, 16-d joint space) standing in for CLIP weights.
+TINY_CLIP_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """The tiny CLIP model saved in open_clip's formats: ``cfg`` (model-config json), ``ckpt`` (open_clip's
+    training checkpoint ``{"epoch", "state_dict": {"module." + key: tensor}}``), ``st`` (safetensors), and the
+    in-memory ``model``."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("clip")
+    cfg_path = root / "tiny-clip.json"
+    cfg_path.write_text(json.dumps(TINY_CLIP_CFG), encoding="utf-8")
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**json.loads(json.dumps(TINY_CLIP_CFG))).eval()
+    sd = model.state_dict()
+    ckpt = root / "epoch_1.pt"
+    torch.save({"epoch": 1, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in sd.items()}}, ckpt)
+    st_path = root / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(st_path))
+    return {"cfg": cfg_path, "ckpt": ckpt, "st": st_path, "model": model, "root": root}

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from zeroseg.config import ExperimentConfig, from_dict, load_config, save_config, to_dict
-from zeroseg.demo import DEMO_CONFIG
+from zeroseg.demo import DEMO_CONFIG, ZEGFORMER_DEMO_CONFIG
 from zeroseg.errors import ZeroSegError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -59,6 +59,9 @@ def test_every_shipped_config_loads(path: Path) -> None:
     assert cfg.name == path.stem
 
 
-def test_demo_config_matches_shipped_file() -> None:
-    shipped = to_dict(load_config(CONFIGS / "synthetic_zs3net.yaml"))
-    assert to_dict(from_dict(DEMO_CONFIG)) == shipped
+@pytest.mark.parametrize(
+    ("demo", "file"), [(DEMO_CONFIG, "synthetic_zs3net.yaml"), (ZEGFORMER_DEMO_CONFIG, "synthetic_zegformer.yaml")]
+)
+def test_demo_config_matches_shipped_file(demo: dict, file: str) -> None:
+    shipped = to_dict(load_config(CONFIGS / file))
+    assert to_dict(from_dict(demo)) == shipped

@@ -29,3 +29,14 @@ def test_summarize_mean_and_std() -> None:
     assert [r["name"] for r in rows] == ["a", "b"]
     assert rows[0]["seen_miou"] == 15.0 and rows[0]["seen_miou_std"] == 5.0 and rows[0]["seeds"] == 2
     assert rows[1]["hiou_std"] == 0.0
+
+
+def test_quick_zegformer_demo_via_cli(tmp_path: Path) -> None:
+    from zeroseg.cli import main
+
+    assert main(["demo", "--method", "zegformer", "--quick", "--seeds", "0", "--out", str(tmp_path), "--quiet"]) == 0
+    runs = json.loads((tmp_path / "report.json").read_text())
+    assert [r["name"] for r in runs] == ["ZegFormer (GloVe)", "CONTROL: ZegFormer with random class embeddings"]
+    text = (tmp_path / "report.md").read_text()
+    assert "ZegFormer on the embedded benchmark" in text and "inductive" in text
+    assert (tmp_path / "panel.png").is_file()

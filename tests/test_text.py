@@ -246,34 +246,9 @@ def test_minilm_semantics():
 
 # ------------------------------------------------------------------------------------------------- tiny CLIP
 
-TINY_CLIP_CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
-
 
 class NotATensor:
     """Any pickled custom object must be refused by the weights-only loader."""
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    import open_clip
-    from safetensors.torch import save_file
-
-    root = tmp_path_factory.mktemp("clip")
-    cfg_path = root / "tiny-clip.json"
-    cfg_path.write_text(json.dumps(TINY_CLIP_CFG), encoding="utf-8")
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**json.loads(json.dumps(TINY_CLIP_CFG))).eval()
-    sd = model.state_dict()
-    # open_clip's training checkpoint layout, as written by DistributedDataParallel training.
-    ckpt = root / "epoch_1.pt"
-    torch.save({"epoch": 1, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in sd.items()}}, ckpt)
-    st_path = root / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(st_path))
-    return {"cfg": cfg_path, "ckpt": ckpt, "st": st_path, "model": model, "root": root}
 
 
 def _reference(model, texts):
@@ -322,7 +297,7 @@ def test_clip_refuses_unsafe_or_mismatched_checkpoints(tiny_clip):
     with pytest.raises(ZeroSegError, match="weights-only"):
         get_encoder(f"clip:{tiny_clip['cfg']}:{evil}")
     other_cfg = root / "other.json"
-    cfg = json.loads(json.dumps(TINY_CLIP_CFG))
+    cfg = json.loads(tiny_clip["cfg"].read_text())
     cfg["embed_dim"] = 8
     other_cfg.write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(ZeroSegError, match="do not fit"):

@@ -147,15 +147,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from zeroseg.methods.predict import predict_images
 
-    classes = None
-    if args.classes is not None:
-        classes = [c.strip() for c in args.classes.split(",")]
-        if not any(classes):
-            raise ZeroSegError('empty class list (give --classes "a, b, c")')
+    classes = None if args.classes is None else parse_class_list(args.classes)
     written = predict_images(args.checkpoint, args.images, args.out, classes=classes, size=args.size)
     for path in written:
         print(path)
     return 0
+
+
+def parse_class_list(text: str) -> list[str]:
+    """``--classes``: comma-separated names (synonyms joined by ``|``), or the path of a text file with one
+    class per line (blank lines and ``#`` comments skipped)."""
+    path = Path(text)
+    if path.suffix in (".txt", ".csv", ".names") or (len(text) < 4096 and "," not in text and path.is_file()):
+        if not path.is_file():
+            raise ZeroSegError(f"{path}: class list file not found")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ZeroSegError(f"{path}: cannot read class list ({e.__class__.__name__})") from None
+        classes = [ln.split("#", 1)[0].strip() for ln in lines]
+        classes = [c for c in classes if c]
+        if not classes:
+            raise ZeroSegError(f"{path}: empty class list")
+        return classes
+    classes = [c.strip() for c in text.split(",")]
+    if not any(classes):
+        raise ZeroSegError('empty class list (give --classes "a, b, c" or a file with one class per line)')
+    return [c for c in classes if c]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -184,7 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("demo", help="train and evaluate on the embedded benchmark; write report.md/json")
-    s.add_argument("--method", default="zs3net", choices=["zs3net"], help="method to demonstrate")
+    s.add_argument(
+        "--method",
+        default="zs3net",
+        choices=["zs3net", "zegformer"],
+        help="zs3net: ZS3Net + ZS5Net + control (default); zegformer: ZegFormer + control",
+    )
     s.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to average over")
     s.add_argument("--quick", action="store_true", help="a much shorter schedule (smoke test, not a result)")
@@ -208,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="segment images; new class names are fit on the spot")
     s.add_argument("images", nargs="+", help="image files")
     s.add_argument("--checkpoint", required=True, help="final checkpoint of a run")
-    s.add_argument("--classes", help="comma-separated class names (default: the checkpoint's classes)")
+    s.add_argument(
+        "--classes",
+        help="class names, comma-separated with '|' between synonyms (\"cat, tv|monitor\"), or a .txt file with "
+        "one class per line (default: the checkpoint's classes)",
+    )
     s.add_argument("--out", required=True, help="output directory for label PNGs and overlays")
     s.add_argument("--size", type=int, default=None, help="resize the shorter side to this before inference")
     s.set_defaults(func=cmd_predict)

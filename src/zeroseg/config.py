@@ -37,7 +37,14 @@ class DataConfig:
             any unseen pixel (ZS3Net's rule), "ignore" relabels unseen pixels 255 (SPNet/ZegFormer).
         crop_size: training crop side; eval_size: evaluation resize (None = native size).
         scale_range: random rescaling range for training.
-        batch_size / eval_batch_size / num_workers: loader settings.
+        batch_size / eval_batch_size / num_workers: loader settings (``batch_size`` is the global batch of one
+            optimiser step, split over the ranks under torchrun).
+        augmentation_seed: None (default): the random scale/crop/flip of training images is drawn from the
+            loading process's global RNG, so it depends on which process loads an image and in what order.
+            An int: each training sample's draws come from a generator seeded by (augmentation_seed, epoch,
+            sample index), and methods that shard training over ranks (ZS3Net's segmenter and self-training
+            stages) shuffle with one seeded permutation per epoch in a single process too; a torchrun run
+            then trains on exactly the batches of a single-process run with the same ``batch_size``.
     """
 
     dataset: str = "synthetic"
@@ -54,6 +61,7 @@ class DataConfig:
     num_workers: int = 0
     max_train_images: int | None = None
     max_val_images: int | None = None
+    augmentation_seed: int | None = None
     synthetic: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -164,6 +172,96 @@ class ZSMMDConfig:
 
 
 @dataclass
+class ZegFormerConfig:
+    """ZegFormer (Ding, Xue, Xia, Dai, CVPR 2022); defaults are the official R101 VOC/COCO-Stuff values.
+
+    Attributes:
+        backbone: torchvision trunk ("resnet50", "resnet101"; "resnet18" for CPU-sized runs).
+        backbone_norm: "frozen" BatchNorm (official, with ImageNet weights) or trainable "bn" (from scratch).
+        pretrained: local ImageNet weights for the trunk (torchvision state dict, ``.pth``/``.safetensors``).
+        num_queries / hidden_dim / mask_dim / dec_layers / nheads / dim_feedforward / dropout: the query
+            decoder (official 100 / 256 / 256 / 6 / 8 / 2048 / 0.1).
+        temperature: T of ``logits = cos / T`` (official 0.01).
+        no_object_weight / mask_weight / dice_weight: loss weights (official 0.1 / 20 / 1).
+        deep_supervision: losses on every decoder layer (official true).
+        iters / lr / weight_decay / backbone_lr_mult / poly_power / clip_grad_norm: AdamW with a poly
+            schedule; official VOC 10k (or 20k) iters, COCO-Stuff 60k, 1e-4, 1e-4, 0.1, 0.9, full-model
+            L2 gradient clipping at 0.01.
+        train_templates / test_templates: prompt-template sets for CLIP text encoders (``single``,
+            ``imagenet_select``, ...; see ``zeroseg.text.prompts``). Ignored by word-vector encoders.
+        clip_image: ``clip:<model>:<checkpoint>`` of the CLIP image branch used at test time (None: segment
+            branch only). Usually the same weights as ``text.encoder``.
+        clip_templates: templates of the CLIP branch's own text embeddings (official ``imagenet_select_clip``).
+        clip_style: what CLIP sees per query: "cropmask" (masked image cropped to the mask's box, official
+            default), "mask" (masked full image), "crop" (unmasked box).
+        clip_mode: "per_image" (the official code: the Q crops of one image in one batch), "sequential" (one
+            crop at a time), "batched" (all crops of the batch at once, skipped queries left out) or "pool"
+            (encode each image once and average CLIP's dense features under each mask).
+        ensemble: "seen_unseen" (official ``ENSEMBLING``: CLIP weighs more on unseen classes, its seen-class
+            probabilities are averaged) or "all_classes" (``ENSEMBLING_ALL_CLS``: the same rule for every class,
+            for cross-dataset vocabularies).
+        ensemble_lambda: the geometric fusion weight (official 2/3).
+        gzero_calibrate: subtracted from seen-class scores after inference (official 0.1 with the CLIP
+            branch; 0 disables).
+        skip_empty / skip_no_object: fast path (any clip_mode) -- skip CLIP for queries with an empty mask, or whose
+            no-object probability exceeds ``skip_no_object`` (None: never).
+    """
+
+    backbone: str = "resnet101"
+    backbone_norm: Literal["frozen", "bn"] = "frozen"
+    pretrained: str | None = None
+    num_queries: int = 100
+    hidden_dim: int = 256
+    mask_dim: int = 256
+    dec_layers: int = 6
+    nheads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    temperature: float = 0.01
+    no_object_weight: float = 0.1
+    mask_weight: float = 20.0
+    dice_weight: float = 1.0
+    deep_supervision: bool = True
+    iters: int = 10000
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    backbone_lr_mult: float = 0.1
+    poly_power: float = 0.9
+    clip_grad_norm: float = 0.01
+    checkpoint_every: int = 1000
+    eval_every: int = 0
+    train_templates: str = "single"
+    test_templates: str = "single"
+    clip_image: str | None = None
+    clip_templates: str = "imagenet_select_clip"
+    clip_style: Literal["cropmask", "mask", "crop"] = "cropmask"
+    clip_mode: Literal["per_image", "sequential", "batched", "pool"] = "per_image"
+    ensemble: Literal["seen_unseen", "all_classes"] = "seen_unseen"
+    ensemble_lambda: float = 2.0 / 3.0
+    gzero_calibrate: float = 0.1
+    skip_empty: bool = False
+    skip_no_object: float | None = None
+
+
+@dataclass
+class EngineConfig:
+    """How training runs on the hardware (all methods).
+
+    Attributes:
+        amp: "bf16" runs forward passes under ``torch.autocast(dtype=bfloat16)`` on CUDA (ignored on CPU);
+            "none" keeps fp32.
+        grad_accum: micro-batches per optimiser step; each micro-batch holds ``data.batch_size / grad_accum``
+            images, so the effective batch stays ``data.batch_size`` (reach the official 32 on small GPUs).
+        sync_bn: convert BatchNorm layers to SyncBatchNorm under torchrun, so that a multi-process run
+            normalises over the global batch exactly like a single process does.
+    """
+
+    amp: Literal["none", "bf16"] = "none"
+    grad_accum: int = 1
+    sync_bn: bool = False
+
+
+@dataclass
 class ExperimentConfig:
     """One experiment: method x dataset x split."""
 
@@ -180,6 +278,8 @@ class ExperimentConfig:
     selftrain: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
     graph: GraphContextConfig = field(default_factory=GraphContextConfig)
     zs_mmd: ZSMMDConfig = field(default_factory=ZSMMDConfig)
+    zegformer: ZegFormerConfig = field(default_factory=ZegFormerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -1,6 +1,8 @@
-"""``zeroseg demo``: ZS3Net/ZS5Net end to end on the embedded benchmark, with the random-embedding control.
+"""``zeroseg demo``: a method end to end on the embedded benchmark, with the random-embedding control.
 
-For each seed it trains, on the synthetic benchmark (generated on first use):
+``--method zegformer`` trains, per seed, ZegFormer with GloVe class embeddings and the same model with random
+class embeddings (the control). The default, ``--method zs3net``, trains per seed on the synthetic benchmark
+(generated on first use):
 
 - ZS3Net with GloVe class-name embeddings (the segmenter stage doubles as the *seen-only baseline*),
 - ZS5Net self-training on top of it (transductive),
@@ -55,33 +57,66 @@ DEMO_CONFIG: dict = {
     "selftrain": {"enabled": True, "top_percent": 25.0, "epochs": 2, "lr": 0.002},
 }
 
+#: ``zeroseg demo --method zegformer`` (same values as configs/synthetic_zegformer.yaml; a test keeps them equal).
+ZEGFORMER_DEMO_CONFIG: dict = {
+    "name": "synthetic_zegformer",
+    "method": "zegformer",
+    "data": {
+        "dataset": "synthetic",
+        "root": "data/synthetic",
+        "split": "synthetic",
+        "unseen_policy": "ignore",
+        "crop_size": 64,
+        "scale_range": [0.75, 1.25],
+        "batch_size": 16,
+        "eval_batch_size": 32,
+        "synthetic": {"seed": 0, "image_size": 64, "num_train": 1000, "num_val": 200},
+    },
+    "text": {"encoder": "glove-6b-50d"},
+    "zegformer": {
+        "backbone": "resnet18",
+        "backbone_norm": "bn",
+        "backbone_lr_mult": 1.0,
+        "hidden_dim": 128,
+        "mask_dim": 128,
+        "num_queries": 20,
+        "dec_layers": 3,
+        "dim_feedforward": 512,
+        "iters": 600,
+        "lr": 1e-4,
+        "checkpoint_every": 200,
+    },
+}
+
 GLOVE_DIM = 50  # the control's random vectors have the dimension of the embeddings they replace
 
-QUICK = [
-    "segmenter.epochs=1",
-    "generator.epochs=1",
-    "classifier.epochs=1",
-    "selftrain.epochs=1",
-    "data.synthetic.num_train=64",
-    "data.synthetic.num_val=16",
-]
+QUICK_DATA = ["data.synthetic.num_train=64", "data.synthetic.num_val=16"]
+QUICK = {
+    "zs3net": ["segmenter.epochs=1", "generator.epochs=1", "classifier.epochs=1", "selftrain.epochs=1", *QUICK_DATA],
+    "zegformer": ["zegformer.iters=4", *QUICK_DATA],
+}
+METHODS = ("zs3net", "zegformer")
 
 
-def demo_config(out: Path, seed: int, *, quick: bool, control: bool = False) -> ExperimentConfig:
-    """The demo experiment for one seed (and its control variant)."""
+def demo_config(
+    out: Path, seed: int, *, quick: bool, control: bool = False, method: str = "zs3net"
+) -> ExperimentConfig:
+    """The demo experiment of ``method`` for one seed (and its control variant)."""
     from copy import deepcopy
 
     from zeroseg.config import apply_overrides
 
-    data = deepcopy(DEMO_CONFIG)
+    data = deepcopy(ZEGFORMER_DEMO_CONFIG if method == "zegformer" else DEMO_CONFIG)
     data["seed"] = seed
     data["out_dir"] = str(out / "runs")
-    data["name"] = f"{'control' if control else 'zs3net'}_seed{seed}"
+    prefix = "zegformer_" if method == "zegformer" else ""
+    data["name"] = f"{prefix}{'control' if control else method}_seed{seed}"
     data["data"]["root"] = str(out / ("synthetic_quick" if quick else "synthetic"))
     if control:
         data["text"]["encoder"] = f"random:{GLOVE_DIM}:{seed}"
-        data["selftrain"]["enabled"] = False
-    return from_dict(apply_overrides(data, QUICK if quick else []))
+        if method == "zs3net":
+            data["selftrain"]["enabled"] = False
+    return from_dict(apply_overrides(data, QUICK[method] if quick else []))
 
 
 def _row(name: str, seed: int, m: dict, wall: float) -> dict:
@@ -106,11 +141,13 @@ def run_demo(
     """Train and evaluate every run of the demo; returns the path of report.md."""
     from zeroseg.methods.zs3net import train
 
-    if method != "zs3net":
-        raise ZeroSegError(f"demo method '{method}' is not available; choose zs3net")
+    if method not in METHODS:
+        raise ZeroSegError(f"demo method '{method}' is not available; choose from {', '.join(METHODS)}")
     seeds = seeds or [0, 1, 2]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if method == "zegformer":
+        return _run_zegformer_demo(out, seeds, quick, progress)
     runs: list[dict] = []
     t_start = time.perf_counter()
     for seed in seeds:
@@ -143,6 +180,25 @@ def run_demo(
     return report
 
 
+def _run_zegformer_demo(out: Path, seeds: list[int], quick: bool, progress: bool) -> Path:
+    """ZegFormer (GloVe) and its random-embedding control, trained separately per seed (the text embeddings
+    are used during training, so nothing can be shared)."""
+    from zeroseg.methods.zegformer import train
+
+    runs: list[dict] = []
+    t_start = time.perf_counter()
+    for seed in seeds:
+        for control, name in ((False, "ZegFormer (GloVe)"), (True, "CONTROL: ZegFormer with random class embeddings")):
+            res = train(demo_config(out, seed, quick=quick, control=control, method="zegformer"), progress=progress)
+            runs.append(_row(name, seed, res.stages["zegformer"], res.wall_s))
+    total = time.perf_counter() - t_start
+    (out / "report.json").write_text(json.dumps(runs, indent=2) + "\n")
+    report = out / "report.md"
+    report.write_text(_markdown(runs, seeds, total, quick, out, method="zegformer"))
+    _panels(out, seeds[0], quick, method="zegformer")
+    return report
+
+
 def summarize(runs: list[dict]) -> list[dict]:
     """Mean and (population) std over seeds of each run name, in first-seen order."""
     names = list(dict.fromkeys(r["name"] for r in runs))
@@ -158,14 +214,25 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def _markdown(runs: list[dict], seeds: list[int], total: float, quick: bool, out: Path) -> str:
+PROTOCOLS = {
+    "zs3net": "Protocol: **strict** (no unseen pixel or mask of any training image is used by ZS3Net; ZS5Net is "
+    "transductive: it pseudo-labels unlabelled training images).",
+    "zegformer": "Protocol: **inductive** (training images keep their unseen pixels, labelled 'ignore': they "
+    "belong to no target mask, and no unseen class name is embedded before evaluation).",
+}
+
+
+def _markdown(runs: list[dict], seeds: list[int], total: float, quick: bool, out: Path, method: str = "zs3net") -> str:
+    title = "ZegFormer" if method == "zegformer" else "ZS3Net / ZS5Net"
+    command = (
+        "Command: `zeroseg demo " + " ".join(sys.argv[2:]) + "`" if len(sys.argv) > 1 else "Command: `zeroseg demo`"
+    )
     lines = [
-        "# zeroseg demo: ZS3Net / ZS5Net on the embedded benchmark",
+        f"# zeroseg demo: {title} on the embedded benchmark",
         "",
-        "Command: `zeroseg demo " + " ".join(sys.argv[2:]) + "`" if len(sys.argv) > 1 else "Command: `zeroseg demo`",
+        command,
         "",
-        f"Seeds: {', '.join(map(str, seeds))}. Protocol: **strict** (no unseen pixel or mask of any training "
-        "image is used by ZS3Net; ZS5Net is transductive: it pseudo-labels unlabelled training images). "
+        f"Seeds: {', '.join(map(str, seeds))}. {PROTOCOLS[method]} "
         f"Total wall time: {total:.0f} s on {torch.get_num_threads()} CPU threads.",
         "",
     ]
@@ -182,9 +249,9 @@ def _markdown(runs: list[dict], seeds: list[int], total: float, quick: bool, out
         )
     lines += [
         "",
-        "Mean ± std over seeds, percent. The control differs from ZS3Net only in its class embeddings (random "
-        "unit vectors instead of GloVe): unseen mIoU far above the control's is zero-shot transfer through the "
-        "class names.",
+        f"Mean ± std over seeds, percent. The control differs from {title.split(' ')[0]} only in its class "
+        "embeddings (random unit vectors instead of GloVe): unseen mIoU far above the control's is zero-shot "
+        "transfer through the class names.",
         "",
         "## Per-seed runs",
         "",
@@ -200,20 +267,25 @@ def _markdown(runs: list[dict], seeds: list[int], total: float, quick: bool, out
     return "\n".join(lines) + "\n"
 
 
-def _panels(out: Path, seed: int, quick: bool) -> None:
-    """Image | ground truth | ZS3Net | ZS5Net | control on a few validation images with unseen classes."""
+def _panels(out: Path, seed: int, quick: bool, method: str = "zs3net") -> None:
+    """Image | ground truth | each model | control on a few validation images with unseen classes."""
     from zeroseg.data.build import build_zero_shot_data
-    from zeroseg.methods.zs3net import ZS3Predictor
+    from zeroseg.methods import load_predictor
     from zeroseg.visualize import denormalize, save_panel
 
-    cfg = demo_config(out, seed, quick=quick)
+    cfg = demo_config(out, seed, quick=quick, method=method)
     data = build_zero_shot_data(cfg.data, progress=False)
-    ctrl = demo_config(out, seed, quick=quick, control=True)
-    models = [
-        ZS3Predictor(cfg.run_dir / "classifier"),
-        ZS3Predictor(cfg.run_dir / "selftrain"),
-        ZS3Predictor(ctrl.run_dir / "classifier"),
-    ]
+    ctrl = demo_config(out, seed, quick=quick, control=True, method=method)
+    if method == "zegformer":
+        models = [load_predictor(cfg.run_dir / "zegformer"), load_predictor(ctrl.run_dir / "zegformer")]
+        titles = ["image", "ground truth", "ZegFormer", "control"]
+    else:
+        models = [
+            load_predictor(cfg.run_dir / "classifier"),
+            load_predictor(cfg.run_dir / "selftrain"),
+            load_predictor(ctrl.run_dir / "classifier"),
+        ]
+        titles = ["image", "ground truth", "ZS3Net", "ZS5Net", "control"]
     unseen = np.array(data.unseen_ids)
     rows = []
     for i in range(len(data.val)):
@@ -225,9 +297,4 @@ def _panels(out: Path, seed: int, quick: bool) -> None:
         if len(rows) == 4:
             break
     if rows:
-        save_panel(
-            rows,
-            ["image", "ground truth", "ZS3Net", "ZS5Net", "control"],
-            data.class_names,
-            out / "panel.png",
-        )
+        save_panel(rows, titles, data.class_names, out / "panel.png")

@@ -118,11 +118,13 @@ def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True) -> ZeroShotD
     full_lut = label_lut(ds_classes, class_names)
     seen_lut = label_lut(ds_classes, class_names, drop=unseen)
 
-    def make(list_name: str, transform, lut: np.ndarray) -> SegmentationDataset:
-        return build_dataset(reader, cfg.root, list_name, transform=transform, label_lut=lut)
+    def make(list_name: str, transform, lut: np.ndarray, seed: int | None = None) -> SegmentationDataset:
+        return build_dataset(reader, cfg.root, list_name, transform=transform, label_lut=lut, seed=seed)
 
-    train_full = _first(make(cfg.train_split, train_tf, full_lut), cfg.max_train_images)
-    train = _first(make(cfg.train_split, train_tf, seen_lut), cfg.max_train_images)
+    # Augmented sets draw from per-sample generators only when data.augmentation_seed is set (see DataConfig).
+    aug_seed = cfg.augmentation_seed
+    train_full = _first(make(cfg.train_split, train_tf, full_lut, aug_seed), cfg.max_train_images)
+    train = _first(make(cfg.train_split, train_tf, seen_lut, aug_seed), cfg.max_train_images)
     train_plain = _first(make(cfg.train_split, eval_tf, seen_lut), cfg.max_train_images)
     unlabelled: Dataset | None = None
     if cfg.unseen_policy == "drop":

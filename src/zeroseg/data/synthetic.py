@@ -26,6 +26,7 @@ Generation is deterministic for a seed: image ``i`` of split ``s`` is drawn from
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -261,8 +262,8 @@ def write_benchmark(root: str | Path, cfg: SynthConfig, *, splits: Sequence[str]
         if json.loads(json.dumps(meta)) != old:
             raise ZeroSegError(f"{root}: holds a different synthetic benchmark (meta.json differs); use another --out")
     root.mkdir(parents=True, exist_ok=True)
-    (root / "classes.txt").write_text("\n".join(cfg.class_names) + "\n")
-    (root / "split.json").write_text(json.dumps(split_json(cfg), indent=2) + "\n")
+    _write_atomic(root / "classes.txt", "\n".join(cfg.class_names) + "\n")
+    _write_atomic(root / "split.json", json.dumps(split_json(cfg), indent=2) + "\n")
     counts = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_val}
     for split in splits:
         img_dir, ann_dir = root / "images" / split, root / "annotations" / split
@@ -274,11 +275,20 @@ def write_benchmark(root: str | Path, cfg: SynthConfig, *, splits: Sequence[str]
                 continue
             rng = np.random.default_rng([cfg.seed, _SPLIT_SALT[split], i])
             image, label = render_scene(cfg, rng)
-            # Write to temporary names first so a kill never leaves a half-written pair behind.
-            tmp_img, tmp_ann = img_path.with_suffix(".tmp.png"), ann_path.with_suffix(".tmp.png")
+            # Write to temporary names first so a kill never leaves a half-written pair behind; the names are
+            # per process, so two runs filling the same root at once (identical content) do not collide.
+            tmp = f".{os.getpid()}.tmp.png"
+            tmp_img, tmp_ann = img_path.with_suffix(tmp), ann_path.with_suffix(tmp)
             Image.fromarray(image).save(tmp_img)
             Image.fromarray(label).save(tmp_ann)
             tmp_img.replace(img_path)
             tmp_ann.replace(ann_path)
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    _write_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     return root
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a per-process temporary file and a rename (readers never see a part)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -49,11 +49,11 @@ def checkpoint_exists(path: str | Path) -> bool:
     return st_path.is_file() and js_path.is_file()
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint` (no pickle involved).
+def load_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """Only the JSON metadata of a checkpoint (cheap; used to pick the method that reads it).
 
     Raises:
-        ZeroSegError: a missing, incomplete or corrupt checkpoint, naming the file.
+        ZeroSegError: a missing or corrupt checkpoint, naming the file.
     """
     st_path, js_path = _paths(path)
     if not st_path.is_file():
@@ -61,13 +61,23 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not js_path.is_file():
         raise ZeroSegError(f"{js_path}: checkpoint metadata missing (incomplete checkpoint)")
     try:
+        return json.loads(js_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ZeroSegError(f"{js_path}: corrupt checkpoint metadata ({e.msg})") from None
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint` (no pickle involved).
+
+    Raises:
+        ZeroSegError: a missing, incomplete or corrupt checkpoint, naming the file.
+    """
+    meta = load_checkpoint_meta(path)
+    st_path, _ = _paths(path)
+    try:
         tensors = load_file(str(st_path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ZeroSegError(f"{st_path}: corrupt checkpoint ({str(e).splitlines()[0]})") from None
-    try:
-        meta = json.loads(js_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ZeroSegError(f"{js_path}: corrupt checkpoint metadata ({e.msg})") from None
     return tensors, meta
 
 

@@ -48,9 +48,9 @@ def predict_images(
     Returns:
         the written paths. All inputs are read and checked before anything is written.
     """
-    from zeroseg.methods.zs3net import ZS3Predictor
+    from zeroseg.methods import load_predictor
 
-    predictor = ZS3Predictor(checkpoint)
+    predictor = load_predictor(checkpoint)
     arrays = [read_rgb(p, size) for p in images]
     if classes is not None:
         predictor.set_classes(classes)

@@ -38,7 +38,6 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +46,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from zeroseg.config import ExperimentConfig, save_config, to_dict
-from zeroseg.data.build import IGNORE, ZeroShotData, build_zero_shot_data, collate
+from zeroseg.data.build import IGNORE, ZeroShotData, build_zero_shot_data
 from zeroseg.data.classes import natural_name
 from zeroseg.data.dataset import Sample, SegmentationDataset, load_png_indices
 from zeroseg.data.transforms import train_transform
@@ -68,18 +67,24 @@ from zeroseg.engine.distributed import (
     broadcast_state,
     init_distributed,
     is_main,
+    maybe_sync_batchnorm,
     world_size,
 )
 from zeroseg.engine.loop import (
+    RunResult,
+    check_engine_config,
     evaluate_model,
+    make_loader,
+    metrics_dict,
     optimizer_from_tensors,
     optimizer_to_tensors,
     poly_lambda,
+    reseed_loader,
     seed_everything,
+    set_dataset_epoch,
     train_one_epoch,
 )
 from zeroseg.errors import ZeroSegError
-from zeroseg.metrics import compute_metrics
 from zeroseg.modules.deeplab import DeepLabV3Plus
 from zeroseg.modules.gcn import GCNGenerator, SegmentGraph, build_segment_graph, pool_node_features
 from zeroseg.modules.gmmn import GMMNGenerator
@@ -142,39 +147,11 @@ def sample_pixels(
     return torch.cat(feats), torch.cat(ys)
 
 
-def _loader(ds: Dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int, shard: bool = False) -> DataLoader:
-    """A loader of (image, label, stem) batches.
-
-    With ``shard`` under torch.distributed, each rank reads its own slice (:class:`ShardSampler`): for training
-    ``batch_size`` is the global batch, split over the ranks; for evaluation every image is read exactly once.
-    Stages that are cheap (generator, classifier) read everything on every rank with the same seed, so all
-    ranks stay identical without communication.
-    """
-    if shard and world_size() > 1:
-        per_rank = max(1, batch_size // world_size()) if shuffle else batch_size
-        sampler = ShardSampler(len(ds), shuffle=shuffle, seed=seed)
-        return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=collate)
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=workers,
-        collate_fn=collate,
-        drop_last=False,
-        generator=torch.Generator().manual_seed(seed),
-    )
-
-
-def _reseed(loader: DataLoader, seed: int) -> None:
-    """Make the shuffle order of an epoch a function of ``seed`` alone (resumed runs see the same batches)."""
-    if isinstance(loader.sampler, ShardSampler):
-        loader.sampler.seed, loader.sampler.epoch = seed, 0
-    else:
-        loader.generator.manual_seed(seed)
-
-
 def _parallel(model: nn.Module) -> nn.Module:
-    """DistributedDataParallel around ``model`` when several ranks train it, else ``model`` itself."""
+    """DistributedDataParallel around ``model`` when several ranks train it, else ``model`` itself.
+
+    Convert BatchNorm first when wanted (:func:`~zeroseg.engine.distributed.maybe_sync_batchnorm`).
+    """
     if world_size() <= 1:
         return model
     return nn.parallel.DistributedDataParallel(model)
@@ -202,20 +179,27 @@ def build_generator(cfg: ExperimentConfig, embed_dim: int) -> GMMNGenerator:
     )
 
 
-def metrics_dict(cm_mat: torch.Tensor, data_like: Any) -> dict:
-    m = compute_metrics(cm_mat, seen_ids=list(data_like.seen_ids), unseen_ids=list(data_like.unseen_ids))
-    return m.to_dict(list(data_like.class_names))
-
-
 # --------------------------------------------------------------------------------------------- stages
 def train_segmenter(
     cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, run_dir: Path, progress: bool
 ) -> None:
-    """Stage 1: supervised training on seen classes, resumable per epoch (``segmenter_last``)."""
+    """Stage 1: supervised training on seen classes, resumable per epoch (``segmenter_last``).
+
+    ``cfg.engine`` applies: bf16 autocast, gradient accumulation, SyncBatchNorm under torchrun (the model's
+    BatchNorm layers are converted in place; their state-dict keys do not change).
+    """
     s = cfg.segmenter
     device = torch.device(cfg.device)
-    loader = _loader(
-        data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed, shard=True
+    check_engine_config(cfg.engine, batch_size=cfg.data.batch_size, world=world_size())
+    model = maybe_sync_batchnorm(model, cfg.engine.sync_bn)
+    loader = make_loader(
+        data.train,
+        cfg.data.batch_size,
+        shuffle=True,
+        workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        shard=True,
+        global_order=cfg.data.augmentation_seed is not None,
     )
     optimizer = torch.optim.SGD(
         model.parameter_groups(s.lr, head_lr_mult=s.head_lr_mult),
@@ -238,7 +222,8 @@ def train_segmenter(
     net = _parallel(model)
     for epoch in range(start, s.epochs):
         # Shuffle order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
-        _reseed(loader, cfg.seed * 100_003 + epoch)
+        reseed_loader(loader, cfg.seed * 100_003 + epoch)
+        set_dataset_epoch(data.train, epoch)
         loss = train_one_epoch(
             net,
             loader,
@@ -248,6 +233,8 @@ def train_segmenter(
             device=device,
             desc=f"segmenter {epoch + 1}/{s.epochs}",
             progress=progress,
+            amp=cfg.engine.amp,
+            grad_accum=cfg.engine.grad_accum,
         )
         _log(f"[segmenter] epoch {epoch + 1}/{s.epochs} loss {loss:.4f}")
         opt_t, opt_meta = optimizer_to_tensors(optimizer)
@@ -262,6 +249,7 @@ def train_segmenter(
             },
             {"epoch": epoch + 1, "optimizer": opt_meta, "scheduler": scheduler.state_dict()},
         )
+    set_dataset_epoch(data.train, 0)  # later stages read data.train as a fresh (or resumed) run does
 
 
 @torch.no_grad()
@@ -317,7 +305,7 @@ def train_generator(
     g = cfg.generator
     device = torch.device(cfg.device)
     rng = torch.Generator().manual_seed(cfg.seed + 1)
-    loader = _loader(data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed + 1)
+    loader = make_loader(data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed + 1)
     opt = torch.optim.Adam(gen.parameters(), lr=g.lr)
     seen_set = set(data.seen_ids)
     emb = emb.to(device)
@@ -346,7 +334,9 @@ def feature_bank(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A few real features per seen class, stored with the model so new class lists can be fit later."""
     rng = torch.Generator().manual_seed(cfg.seed + 2)
-    loader = _loader(data.train_plain, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0)
+    loader = make_loader(
+        data.train_plain, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0
+    )
     seen = torch.tensor(data.seen_ids)
     feats, ys = [], []
     counts = torch.zeros(len(data.class_names), dtype=torch.long)
@@ -421,7 +411,7 @@ def train_graph_generator(
     """
     g = cfg.generator
     device = torch.device(cfg.device)
-    loader = _loader(data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed + 5)
+    loader = make_loader(data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed + 5)
     opt = torch.optim.Adam(gcn.parameters(), lr=g.lr)
     emb = emb.to(device)
     history = []
@@ -526,7 +516,7 @@ def train_classifier(
         return x, y, xn, yn
 
     if c.protocol == "strict":
-        loader = _loader(
+        loader = make_loader(
             data.train_plain,
             cfg.data.batch_size,
             shuffle=True,
@@ -547,7 +537,7 @@ def train_classifier(
                 yield with_nodes(f, y_small, torch.cat([x, xu]), torch.cat([y, yu]))
 
     else:
-        loader = _loader(
+        loader = make_loader(
             data.train_full,
             cfg.data.batch_size,
             shuffle=True,
@@ -593,7 +583,7 @@ def make_pseudo_labels(
         raise ZeroSegError("self-training needs the images dropped by unseen_policy=drop; none were dropped")
     device = torch.device(cfg.device)
     model.eval()
-    loader = _loader(data.unlabelled, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0)
+    loader = make_loader(data.unlabelled, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0)
     unseen = torch.tensor(data.unseen_ids)
     preds, confs, stems, bases = [], [], [], []
     for images, labels, names in tqdm(loader, desc="pseudo-labels", leave=False, disable=not progress):
@@ -619,9 +609,14 @@ def make_pseudo_labels(
 
 
 def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, run_dir: Path, progress: bool) -> None:
-    """Stage 4 (ZS5Net): fine-tune the whole network on seen ground truth + unseen pseudo-labels."""
+    """Stage 4 (ZS5Net): fine-tune the whole network on seen ground truth + unseen pseudo-labels.
+
+    ``cfg.engine`` applies as in :func:`train_segmenter`.
+    """
     st = cfg.selftrain
     device = torch.device(cfg.device)
+    check_engine_config(cfg.engine, batch_size=cfg.data.batch_size, world=world_size())
+    aug_seed = cfg.data.augmentation_seed
     pseudo_dir = run_dir / "pseudo_labels"
     stems = make_pseudo_labels(cfg, model, data, pseudo_dir, progress)
     images = {s.stem: s.image_path for s in data.unlabelled.base.samples}
@@ -630,16 +625,20 @@ def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, 
         load_png_indices,
         data.class_names,
         transform=train_transform(cfg.data.crop_size, cfg.data.scale_range),
+        seed=None if aug_seed is None else aug_seed + 1,  # + 1: not the draws of data.train's same indices
         name="pseudo-labels",
     )
-    loader = _loader(
-        ConcatDataset([data.train, pseudo]),
+    train_set = ConcatDataset([data.train, pseudo])
+    loader = make_loader(
+        train_set,
         cfg.data.batch_size,
         shuffle=True,
         workers=cfg.data.num_workers,
         seed=cfg.seed + 4,
         shard=True,
+        global_order=aug_seed is not None,
     )
+    model = maybe_sync_batchnorm(model, cfg.engine.sync_bn)
     optimizer = torch.optim.SGD(
         model.parameter_groups(st.lr, head_lr_mult=cfg.segmenter.head_lr_mult),
         lr=st.lr,
@@ -654,6 +653,7 @@ def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, 
     for epoch in range(st.epochs):
         if isinstance(loader.sampler, ShardSampler):
             loader.sampler.set_epoch(epoch)
+        set_dataset_epoch(train_set, epoch)
         loss = train_one_epoch(
             net,
             loader,
@@ -663,8 +663,11 @@ def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, 
             device=device,
             desc=f"selftrain {epoch + 1}/{st.epochs}",
             progress=progress,
+            amp=cfg.engine.amp,
+            grad_accum=cfg.engine.grad_accum,
         )
         _log(f"[selftrain] epoch {epoch + 1}/{st.epochs} loss {loss:.4f}")
+    set_dataset_epoch(train_set, 0)
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -696,7 +699,7 @@ def _meta(cfg: ExperimentConfig, data: ZeroShotData, stage: str, emb: torch.Tens
 def evaluate_segmenter(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, progress: bool) -> dict:
     """Metrics of ``model`` on the validation set (argmax over every class of the split)."""
     model.eval()
-    loader = _loader(
+    loader = make_loader(
         data.val, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0, shard=True
     )
     cm = evaluate_model(
@@ -707,15 +710,6 @@ def evaluate_segmenter(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroSh
         progress=progress,
     )
     return metrics_dict(cm.mat, data)
-
-
-@dataclass
-class RunResult:
-    """What :func:`train` returns: the metrics after each evaluated stage and the final checkpoint."""
-
-    stages: dict[str, dict]
-    checkpoint: Path
-    wall_s: float
 
 
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
@@ -941,7 +935,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, *, progre
             f"{checkpoint}: trained for classes {meta['class_names'][:4]}..., config's split has "
             f"{list(data.class_names)[:4]}... (different split or dataset)"
         )
-    loader = _loader(
+    loader = make_loader(
         data.val, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0, shard=True
     )
     cm = evaluate_model(

@@ -51,13 +51,11 @@ from zeroseg.config import ExperimentConfig, save_config
 from zeroseg.data.build import ZeroShotData, build_zero_shot_data
 from zeroseg.engine.checkpoint import checkpoint_exists, load_checkpoint, prefixed, save_checkpoint, unprefixed
 from zeroseg.engine.distributed import barrier, broadcast_state, init_distributed, is_main
-from zeroseg.engine.loop import seed_everything
+from zeroseg.engine.loop import RunResult, make_loader, seed_everything
 from zeroseg.errors import ZeroSegError
 from zeroseg.methods import zs3net
 from zeroseg.methods.zs3net import (
-    RunResult,
     _features,
-    _loader,
     _log,
     _meta,
     build_generator,
@@ -138,7 +136,7 @@ def collect_pseudo_features(
     """
     z = cfg.zs_mmd
     device = torch.device(cfg.device)
-    loader = _loader(
+    loader = make_loader(
         _source(data, z.source), cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0
     )
     unseen = torch.tensor(data.unseen_ids)
@@ -185,7 +183,9 @@ def retrain_generator(
     g, z = cfg.generator, cfg.zs_mmd
     device = torch.device(cfg.device)
     n = g.pixels_per_class
-    loader = _loader(data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed + 11)
+    loader = make_loader(
+        data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed + 11
+    )
     opt = torch.optim.Adam(gen.parameters(), lr=z.generator_lr if z.generator_lr is not None else g.lr)
     seen_set = set(data.seen_ids)
     emb = emb.to(device)
