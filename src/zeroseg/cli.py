@@ -196,7 +196,7 @@ def _write_json(path: str | Path, data: object) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zeroseg",
-        description="Zero-shot semantic segmentation: ZS3Net, ZS5Net, ZS3Net-GC and ZS-MMD on the standard splits.",
+        description="Zero-shot semantic segmentation: ZS3Net, ZS5Net, ZS3Net-GC, ZS-MMD and ZegFormer on the standard splits.",
     )
     p.add_argument("--version", action="version", version=f"zeroseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("predict", help="segment images; new class names are fit on the spot")
+    s = sub.add_parser("predict", help="segment images with the checkpoint's or any other class names")
     s.add_argument("images", nargs="+", help="image files")
     s.add_argument("--checkpoint", required=True, help="final checkpoint of a run")
     s.add_argument(

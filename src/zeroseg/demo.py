@@ -68,7 +68,7 @@ ZEGFORMER_DEMO_CONFIG: dict = {
         "unseen_policy": "ignore",
         "crop_size": 64,
         "scale_range": [0.75, 1.25],
-        "batch_size": 16,
+        "batch_size": 8,
         "eval_batch_size": 32,
         "synthetic": {"seed": 0, "image_size": 64, "num_train": 1000, "num_val": 200},
     },
@@ -82,9 +82,9 @@ ZEGFORMER_DEMO_CONFIG: dict = {
         "num_queries": 20,
         "dec_layers": 3,
         "dim_feedforward": 512,
-        "iters": 600,
-        "lr": 1e-4,
-        "checkpoint_every": 200,
+        "iters": 1000,
+        "lr": 3e-4,
+        "checkpoint_every": 250,
     },
 }
 
@@ -109,8 +109,8 @@ def demo_config(
     data = deepcopy(ZEGFORMER_DEMO_CONFIG if method == "zegformer" else DEMO_CONFIG)
     data["seed"] = seed
     data["out_dir"] = str(out / "runs")
-    prefix = "zegformer_" if method == "zegformer" else ""
-    data["name"] = f"{prefix}{'control' if control else method}_seed{seed}"
+    run = "control" if control else method
+    data["name"] = f"zegformer_{run}_seed{seed}" if method == "zegformer" and control else f"{run}_seed{seed}"
     data["data"]["root"] = str(out / ("synthetic_quick" if quick else "synthetic"))
     if control:
         data["text"]["encoder"] = f"random:{GLOVE_DIM}:{seed}"

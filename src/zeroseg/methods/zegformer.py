@@ -179,7 +179,12 @@ def train_zegformer(
     criterion = build_criterion(cfg, len(seen)).to(device)
     check_engine_config(cfg.engine, batch_size=cfg.data.batch_size, world=world_size())
     maybe_sync_batchnorm(model, cfg.engine.sync_bn)  # before the optimizer: the parameters stay the same tensors
-    optimizer = torch.optim.AdamW(model.parameter_groups(z.lr, z.weight_decay, z.backbone_lr_mult), lr=z.lr)
+    # The fused kernel (CPU and CUDA) is several times faster than the per-tensor loop torch picks on CPU.
+    optimizer = torch.optim.AdamW(
+        model.parameter_groups(z.lr, z.weight_decay, z.backbone_lr_mult),
+        lr=z.lr,
+        fused=device.type in ("cpu", "cuda"),
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(z.iters, z.poly_power))
     loader = make_loader(
         data.train,
