@@ -62,7 +62,8 @@ def test_inference_quick_report(bench_inference, tmp_path):
     assert bench_inference.main([*argv, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     a = report["args"]
-    assert (a["size"], a["images"], a["warmup"], a["compile"]) == (64, 1, 0, False)  # --quick; explicit size wins
+    # --quick defaults; the explicit size wins; on CPU no compile and no bf16 unless asked
+    assert (a["size"], a["images"], a["warmup"], a["compile"], a["bf16"]) == (64, 1, 0, False, False)
     assert report["peak_gflops"]["fp32"] == max(report["peak_gflops_start_end"]["fp32"]) > 0
     assert "bf16" not in report["peak_gflops"]
     assert report["memory_method"].split()[0] in ("psutil", "Linux", "resource")
@@ -72,13 +73,17 @@ def test_inference_quick_report(bench_inference, tmp_path):
     for r in rows.values():
         assert r["images"] == 1 and r["batch"] == 1
         assert r["ms_per_image"] > 0 and r["images_per_s"] * r["ms_per_image"] == pytest.approx(1000.0)
-        assert r["cpu_ms_per_image"] > 0
+        assert r["cpu_utilisation"] == pytest.approx(r["cpu_ms_per_image"] / (r["ms_per_image"] * report["threads"]))
         assert r["gflops_per_image"] > 0
         assert r["achieved_gflops"] == pytest.approx(r["gflops_per_image"] * 1000.0 / r["ms_per_image"])
         assert r["fraction_of_peak"] == pytest.approx(r["achieved_gflops"] / report["peak_gflops"]["fp32"])
         assert r["peak_mem_mb"] > 0 and r["mem_delta_mb"] >= 0
         assert r["compile_s"] is None
         assert ("clip_queries_per_image" in r) == (r["model"] == "zegformer_clip")
+        if r["variant"] == "eager fp32":
+            assert r["agreement_with_eager"] is None
+        else:  # channels_last + inference_mode in fp32: (almost) the same label maps
+            assert r["agreement_with_eager"] > 0.9
     clip = {m: rows[("zegformer_clip", m, "eager fp32")] for m in bench_inference.CLIP_MODES}
     # per_image encodes every query; the skip rules drop the round(0.6 * 4) = 2 queries made no-object.
     assert clip["per_image"]["clip_queries_per_image"] == 4.0
@@ -102,6 +107,9 @@ def test_inference_bad_arguments(bench_inference, capsys):
     assert bench_inference.main(["--models", "deeplab,nope"]) == 2
     assert bench_inference.main(["--quick", "--images", "0"]) == 2
     assert "--images" in capsys.readouterr().err
+    if importlib.util.find_spec("open_clip") is not None:
+        assert bench_inference.main(["--quick", "--clip-model", "No-Such-ViT"]) == 2
+        assert "No-Such-ViT" in capsys.readouterr().err
 
 
 def test_render_batch(bench_train):
@@ -136,7 +144,8 @@ def test_train_quick_report(bench_train, tmp_path):
         ("zegformer", "none", 2),
     }
     for (step, _, _), r in rows.items():
-        assert r["steps"] == 1 and r["ms_per_step"] > 0 and r["cpu_ms_per_step"] > 0
+        assert r["steps"] == 1 and r["ms_per_step"] > 0
+        assert r["cpu_utilisation"] == pytest.approx(r["cpu_ms_per_step"] / (r["ms_per_step"] * report["threads"]))
         assert r["steps_per_s"] == pytest.approx(1000.0 / r["ms_per_step"])
         if step.endswith("step"):
             assert r["images_per_s"] is None
