@@ -196,7 +196,8 @@ def _write_json(path: str | Path, data: object) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zeroseg",
-        description="Zero-shot semantic segmentation: ZS3Net, ZS5Net, ZS3Net-GC, ZS-MMD and ZegFormer on the standard splits.",
+        description="Zero-shot semantic segmentation: ZS3Net, ZS5Net, ZS3Net-GC, ZS-MMD and ZegFormer "
+        "on the standard splits.",
     )
     p.add_argument("--version", action="version", version=f"zeroseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
