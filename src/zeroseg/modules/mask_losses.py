@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -223,8 +224,16 @@ class SetCriterion(nn.Module):
             ``loss_mask_i``, ``loss_dice_i`` for every auxiliary output ``i``.
         """
         self._check_targets(outputs, targets)
-        # Official: number of target masks in the batch (averaged over GPUs), clamped to at least 1.
-        num_masks = float(max(sum(int(t["labels"].numel()) for t in targets), 1))
+        # Official: number of target masks in the batch, averaged over the ranks under torch.distributed (so
+        # that every rank normalises by the same number), clamped to at least 1.
+        num_masks = float(sum(int(t["labels"].numel()) for t in targets))
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            total = torch.tensor([num_masks], dtype=torch.float64)
+            if dist.get_backend() == "nccl":
+                total = total.cuda()
+            dist.all_reduce(total)
+            num_masks = float(total.item()) / dist.get_world_size()
+        num_masks = max(num_masks, 1.0)
         main = {"pred_logits": outputs["pred_logits"], "pred_masks": outputs["pred_masks"]}
         indices = self.matcher(main, targets)
         losses = self.loss_labels(main, targets, indices)
