@@ -202,3 +202,24 @@ def test_clip_image_branch_fused_at_inference(tiny_config, tiny_clip):
     predictor.set_classes(["purple spotted", "red striped", "sky"])
     assert predictor.clip_text.shape == (3, 16)
     assert predictor.scores(x).shape == (2, 3, 64, 64)
+
+
+def test_trunk_loads_local_torchvision_weights_then_freezes_bn(tmp_path):
+    from torchvision.models import resnet18
+
+    from zeroseg.modules.zegformer import build_trunk
+
+    torch.manual_seed(0)
+    ref = resnet18(weights=None)
+    with torch.no_grad():
+        ref.bn1.running_mean.uniform_()
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)  # torchvision's own format (with fc.* and num_batches_tracked)
+    trunk = build_trunk("resnet18", norm="frozen", pretrained=path)
+    torch.testing.assert_close(trunk.conv1.weight, ref.conv1.weight)
+    torch.testing.assert_close(trunk.bn1.running_mean, ref.bn1.running_mean)
+    assert type(trunk.bn1).__name__ == "FrozenBatchNorm2d"
+    with pytest.raises(ZeroSegError, match="not found"):
+        build_trunk("resnet18", pretrained=tmp_path / "missing.pth")
+    with pytest.raises(ZeroSegError, match="unknown"):
+        build_trunk("resnet7")
