@@ -305,6 +305,26 @@ def make_loader(
     )
 
 
+def training_loader(ds: Dataset, data_cfg: Any, *, seed: int) -> DataLoader:
+    """The shuffled, sharded loader every training stage uses: ``make_loader`` with ``data_cfg``'s global batch
+    and workers, and the rank-independent order when ``data_cfg.augmentation_seed`` is set.
+
+    Args:
+        ds: the training set.
+        data_cfg: a :class:`~zeroseg.config.DataConfig`.
+        seed: the shuffle seed of the stage.
+    """
+    return make_loader(
+        ds,
+        data_cfg.batch_size,
+        shuffle=True,
+        workers=data_cfg.num_workers,
+        seed=seed,
+        shard=True,
+        global_order=data_cfg.augmentation_seed is not None,
+    )
+
+
 def reseed_loader(loader: DataLoader, seed: int) -> None:
     """Make the shuffle order of an epoch a function of ``seed`` alone (resumed runs see the same batches)."""
     if isinstance(loader.sampler, ShardSampler):

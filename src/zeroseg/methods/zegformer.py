@@ -64,6 +64,7 @@ from zeroseg.engine.loop import (
     reseed_loader,
     seed_everything,
     set_dataset_epoch,
+    training_loader,
 )
 from zeroseg.errors import ZeroSegError
 from zeroseg.modules.mask_losses import SetCriterion, default_weight_dict
@@ -186,15 +187,7 @@ def train_zegformer(
         fused=device.type in ("cpu", "cuda"),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(z.iters, z.poly_power))
-    loader = make_loader(
-        data.train,
-        cfg.data.batch_size,
-        shuffle=True,
-        workers=cfg.data.num_workers,
-        seed=cfg.seed,
-        shard=True,
-        global_order=cfg.data.augmentation_seed is not None,
-    )
+    loader = training_loader(data.train, cfg.data, seed=cfg.seed)
     if len(loader) == 0:
         raise ZeroSegError(f"{cfg.data.root}: no training images")
     start, history = 0, []

@@ -83,6 +83,7 @@ from zeroseg.engine.loop import (
     seed_everything,
     set_dataset_epoch,
     train_one_epoch,
+    training_loader,
 )
 from zeroseg.errors import ZeroSegError
 from zeroseg.modules.deeplab import DeepLabV3Plus
@@ -192,15 +193,7 @@ def train_segmenter(
     device = torch.device(cfg.device)
     check_engine_config(cfg.engine, batch_size=cfg.data.batch_size, world=world_size())
     model = maybe_sync_batchnorm(model, cfg.engine.sync_bn)
-    loader = make_loader(
-        data.train,
-        cfg.data.batch_size,
-        shuffle=True,
-        workers=cfg.data.num_workers,
-        seed=cfg.seed,
-        shard=True,
-        global_order=cfg.data.augmentation_seed is not None,
-    )
+    loader = training_loader(data.train, cfg.data, seed=cfg.seed)
     optimizer = torch.optim.SGD(
         model.parameter_groups(s.lr, head_lr_mult=s.head_lr_mult),
         lr=s.lr,
@@ -629,15 +622,7 @@ def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, 
         name="pseudo-labels",
     )
     train_set = ConcatDataset([data.train, pseudo])
-    loader = make_loader(
-        train_set,
-        cfg.data.batch_size,
-        shuffle=True,
-        workers=cfg.data.num_workers,
-        seed=cfg.seed + 4,
-        shard=True,
-        global_order=aug_seed is not None,
-    )
+    loader = training_loader(train_set, cfg.data, seed=cfg.seed + 4)
     model = maybe_sync_batchnorm(model, cfg.engine.sync_bn)
     optimizer = torch.optim.SGD(
         model.parameter_groups(st.lr, head_lr_mult=cfg.segmenter.head_lr_mult),
