@@ -66,12 +66,11 @@ from zeroseg.config import ExperimentConfig, load_config
 from zeroseg.data.build import IGNORE
 from zeroseg.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from zeroseg.data.synthetic import render_scene
-from zeroseg.engine.loop import autocast_context, poly_lambda, train_one_epoch
+from zeroseg.engine.loop import poly_lambda, train_one_epoch
 from zeroseg.errors import ZeroSegError
 from zeroseg.methods import zegformer as zf
 from zeroseg.methods import zs3net
 from zeroseg.modules.mmd import mmd_loss
-from zeroseg.modules.zegformer import pad_to_multiple
 
 ROOT = Path(__file__).resolve().parents[1]
 ZS3NET_CONFIG = ROOT / "configs" / "synthetic_zs3net.yaml"
@@ -285,33 +284,28 @@ def zegformer_step(
     torch.manual_seed(cfg.seed)
     model = zf.build_model(cfg, text_dim).to(device)
     text = F.normalize(torch.randn(len(seen), text_dim), dim=-1).to(device)
-    to_train_id = torch.full((num_classes,), -1, dtype=torch.long)
-    to_train_id[seen] = torch.arange(len(seen))
+    to_train_id = zf.train_id_map(num_classes, seen)
     criterion = zf.build_criterion(cfg, len(seen)).to(device)
-    opt = torch.optim.AdamW(model.parameter_groups(z.lr, z.weight_decay, z.backbone_lr_mult), lr=z.lr)
+    opt = zf.build_optimizer(cfg, model, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(z.iters, z.poly_power))
-    padded = pad_to_multiple(images.to(device))
-    lab = labels.to(device)
-    lab = F.pad(lab, (0, padded.shape[-1] - lab.shape[-1], 0, padded.shape[-2] - lab.shape[-2]), value=IGNORE)
+    padded, lab = zf.pad_batch(images, labels, device)
 
     def step() -> float:
         model.train()
-        opt.zero_grad(set_to_none=True)
-        total = 0.0
-        chunks = list(zip(padded.chunk(accum), lab.chunk(accum), strict=True))
-        for chunk_images, chunk_labels in chunks:
-            targets = zf.make_targets(chunk_labels, to_train_id)
-            with autocast_context(device, amp):
-                outputs = model(chunk_images, text)
-            losses = criterion.weighted(criterion(zf._to_float(outputs), targets))
-            loss = sum(losses.values()) / len(chunks)
-            loss.backward()
-            total += float(loss.detach())
-        if z.clip_grad_norm and z.clip_grad_norm > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), z.clip_grad_norm)
-        opt.step()
-        sched.step()
-        return total
+        return zf.train_step(
+            model,
+            model,
+            padded,
+            lab,
+            text,
+            to_train_id=to_train_id,
+            criterion=criterion,
+            optimizer=opt,
+            scheduler=sched,
+            accum=accum,
+            amp=amp,
+            clip_grad_norm=z.clip_grad_norm,
+        )
 
     return step
 

@@ -159,6 +159,81 @@ def _infinite(loader: Any, seed: int, start_epoch: int) -> Iterator[tuple[int, A
             yield epoch, batch
 
 
+def train_id_map(num_classes: int, seen_ids: Sequence[int]) -> torch.Tensor:
+    """``(num_classes,)``: a class id's index among the seen classes (the training vocabulary), -1 otherwise."""
+    to_train_id = torch.full((num_classes,), -1, dtype=torch.long)
+    to_train_id[list(seen_ids)] = torch.arange(len(seen_ids))
+    return to_train_id
+
+
+def build_optimizer(cfg: ExperimentConfig, model: ZegFormer, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the official parameter groups (see :meth:`ZegFormer.parameter_groups`)."""
+    z = cfg.zegformer
+    # The fused kernel (CPU and CUDA) is several times faster than the per-tensor loop torch picks on CPU.
+    return torch.optim.AdamW(
+        model.parameter_groups(z.lr, z.weight_decay, z.backbone_lr_mult),
+        lr=z.lr,
+        fused=device.type in ("cpu", "cuda"),
+    )
+
+
+def pad_batch(images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images padded to the network's size multiple, labels padded alike with the ignore id, on ``device``."""
+    images = pad_to_multiple(images.to(device))
+    labels = labels.to(device)
+    pad = (0, images.shape[-1] - labels.shape[-1], 0, images.shape[-2] - labels.shape[-2])
+    return images, F.pad(labels, pad, value=IGNORE)
+
+
+def train_step(
+    net: nn.Module,
+    model: ZegFormer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    text: torch.Tensor,
+    *,
+    to_train_id: torch.Tensor,
+    criterion: SetCriterion,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    accum: int,
+    amp: str,
+    clip_grad_norm: float | None,
+) -> float:
+    """One optimiser step on a padded batch, in ``accum`` micro-batches; returns the weighted loss.
+
+    Args:
+        net: ``model`` itself, or its DistributedDataParallel wrapper (gradients are then all-reduced only with
+            the last micro-batch).
+        model: the network (its parameters are clipped).
+        images / labels: a batch from :func:`pad_batch`.
+        text: ``(num_seen, D)`` embeddings of the training vocabulary.
+        to_train_id: :func:`train_id_map`.
+        criterion / optimizer / scheduler: from :func:`build_criterion`, :func:`build_optimizer`, poly LambdaLR.
+        accum: micro-batches per step (``engine.grad_accum``).
+        amp: ``engine.amp``.
+        clip_grad_norm: full-model L2 gradient clipping (None or 0: off).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    chunks = list(zip(images.chunk(accum), labels.chunk(accum), strict=True))
+    for k, (chunk_images, chunk_labels) in enumerate(chunks):
+        targets = make_targets(chunk_labels, to_train_id)
+        sync = contextlib.nullcontext() if k == len(chunks) - 1 or net is model else net.no_sync()
+        with sync:
+            with autocast_context(images.device, amp):
+                outputs = net(chunk_images, text)
+            losses = criterion.weighted(criterion(_to_float(outputs), targets))
+            loss = sum(losses.values()) / len(chunks)
+            loss.backward()
+        total += float(loss.detach())
+    if clip_grad_norm and clip_grad_norm > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return total
+
+
 def train_zegformer(
     cfg: ExperimentConfig,
     model: ZegFormer,
@@ -174,18 +249,11 @@ def train_zegformer(
     """
     z = cfg.zegformer
     device = torch.device(cfg.device)
-    seen = list(data.seen_ids)
-    to_train_id = torch.full((len(data.class_names),), -1, dtype=torch.long)
-    to_train_id[seen] = torch.arange(len(seen))
-    criterion = build_criterion(cfg, len(seen)).to(device)
+    to_train_id = train_id_map(len(data.class_names), data.seen_ids)
+    criterion = build_criterion(cfg, len(data.seen_ids)).to(device)
     check_engine_config(cfg.engine, batch_size=cfg.data.batch_size, world=world_size())
     maybe_sync_batchnorm(model, cfg.engine.sync_bn)  # before the optimizer: the parameters stay the same tensors
-    # The fused kernel (CPU and CUDA) is several times faster than the per-tensor loop torch picks on CPU.
-    optimizer = torch.optim.AdamW(
-        model.parameter_groups(z.lr, z.weight_decay, z.backbone_lr_mult),
-        lr=z.lr,
-        fused=device.type in ("cpu", "cuda"),
-    )
+    optimizer = build_optimizer(cfg, model, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(z.iters, z.poly_power))
     loader = training_loader(data.train, cfg.data, seed=cfg.seed)
     if len(loader) == 0:
@@ -219,29 +287,21 @@ def train_zegformer(
     log_every = max(1, min(100, z.iters // 20))
     for it in bar:
         _, (images, labels, _stems) = next(batches)
-        images = pad_to_multiple(images.to(device))
-        labels = labels.to(device)
-        labels = F.pad(
-            labels, (0, images.shape[-1] - labels.shape[-1], 0, images.shape[-2] - labels.shape[-2]), value=IGNORE
+        images, labels = pad_batch(images, labels, device)
+        total = train_step(
+            net,
+            model,
+            images,
+            labels,
+            text,
+            to_train_id=to_train_id,
+            criterion=criterion,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            accum=accum,
+            amp=cfg.engine.amp,
+            clip_grad_norm=z.clip_grad_norm,
         )
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        chunks = list(zip(images.chunk(accum), labels.chunk(accum), strict=True))
-        for k, (chunk_images, chunk_labels) in enumerate(chunks):
-            targets = make_targets(chunk_labels, to_train_id)
-            # Under DDP, gradients are all-reduced only with the last micro-batch of the step.
-            sync = contextlib.nullcontext() if k == len(chunks) - 1 or net is model else net.no_sync()
-            with sync:
-                with autocast_context(device, cfg.engine.amp):
-                    outputs = net(chunk_images, text)
-                losses = criterion.weighted(criterion(_to_float(outputs), targets))
-                loss = sum(losses.values()) / len(chunks)
-                loss.backward()
-            total += float(loss.detach())
-        if z.clip_grad_norm and z.clip_grad_norm > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), z.clip_grad_norm)
-        optimizer.step()
-        scheduler.step()
         window.append(total)
         if len(window) == log_every or it + 1 == z.iters:
             history.append(sum(window) / len(window))
