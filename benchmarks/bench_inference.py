@@ -93,9 +93,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from zeroseg.methods.zegformer import InferenceOptions, ZegFormerPredictor
 from zeroseg.modules.deeplab import DeepLabV3Plus
-from zeroseg.modules.zegformer import ZegFormer, pad_to_multiple
-from zeroseg.modules.zegformer_head import semantic_inference
+from zeroseg.modules.zegformer import ZegFormer
 
 MODELS = ("deeplab", "zegformer", "zegformer_clip")
 EAGER = "eager fp32"
@@ -104,7 +104,6 @@ VARIANTS = (EAGER, OPTIMISED)
 CLIP_MODES = ("per_image", "batched+skip", "pool")
 DEEPLAB_CLASSES = 21
 TEXT_DIM = 512
-GZERO_CALIBRATE = 0.1
 #: option -> (default, default under --quick)
 QUICK_DEFAULTS = {
     "size": (512, 128),
@@ -359,6 +358,35 @@ def no_object_flags(batch: int, queries: int, frac: float, seed: int) -> torch.T
     return flags
 
 
+class _ForcedNoObject(nn.Module):
+    """The segment network with chosen queries made no-object (logit 12 above their top class logit), as a trained
+    model predicts for most queries; the untrained benchmark network would otherwise keep every query."""
+
+    def __init__(self, net: nn.Module, flags: torch.Tensor) -> None:
+        super().__init__()
+        self.net, self.flags = net, flags
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> dict[str, Any]:
+        out = dict(self.net(x, text))
+        logits = out["pred_logits"]
+        flags = self.flags[: len(x)].to(logits.device)
+        raised = logits[..., :-1].amax(-1) + 12.0
+        out["pred_logits"] = torch.cat([logits[..., :-1], torch.where(flags, raised, logits[..., -1])[..., None]], -1)
+        return out
+
+
+class _CountingBranch:
+    """A CLIP image branch that counts the crops it encodes."""
+
+    def __init__(self, branch: Any) -> None:
+        self.branch, self.encoded = branch, 0
+
+    def classify(self, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, encoded = self.branch.classify(*args)
+        self.encoded += int(encoded.sum())
+        return logits, encoded
+
+
 def zegformer_pipeline(
     net: nn.Module,
     text: torch.Tensor,
@@ -368,7 +396,8 @@ def zegformer_pipeline(
     clip_text: torch.Tensor | None = None,
     no_object: torch.Tensor | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """ZegFormer inference as ``ZegFormerPredictor.scores`` runs it, plus the argmax.
+    """ZegFormer inference exactly as the toolkit runs it: :meth:`ZegFormerPredictor.labels` (padding, semantic
+    inference, CLIP fusion, official calibration 0.1, argmax) around ``net``.
 
     Args:
         net: the segment network (or its ``torch.compile`` wrapper).
@@ -376,30 +405,32 @@ def zegformer_pipeline(
         seen / unseen: class ids (calibration; fusion).
         clip: a ``ClipImageBranch`` (None: segment branch alone).
         clip_text: ``(C, D)`` CLIP text embeddings of the classes.
-        no_object: ``(B, Q)`` bool, queries made no-object (logit 12 above their top class logit), as a trained
-            model predicts for most queries.
+        no_object: ``(B, Q)`` bool, queries made no-object (see :class:`_ForcedNoObject`).
+
+    Returns:
+        ``images -> labels``; with ``clip``, its attribute ``encoded`` counts the CLIP crops encoded so far.
     """
-    from zeroseg.modules.clip_branch import fuse_scores, fused_semantic_inference, imagenet_to_clip
+    model = _ForcedNoObject(net, no_object) if no_object is not None else net
+    names = [f"class{i}" for i in range(text.shape[0])]
+    meta = {
+        "class_names": names,
+        "seen_ids": list(seen),
+        "unseen_ids": list(unseen),
+        "encoder": "benchmark",
+        "embed_dim": int(text.shape[1]),
+        "inference": {},
+    }
+    predictor = ZegFormerPredictor(model, meta, text, device=str(text.device), options=InferenceOptions())
+    counter = None
+    if clip is not None:
+        counter = _CountingBranch(clip)
+        predictor.use_clip_branch(counter, clip_text)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        padded = pad_to_multiple(x)
-        out = net(padded, text)
-        masks = F.interpolate(out["pred_masks"], size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        logits = out["pred_logits"]
-        if clip is None:
-            sem = semantic_inference(logits, masks)
-            sem[:, seen] -= GZERO_CALIBRATE
-        else:
-            if no_object is not None:
-                flags = no_object[: len(x)].to(logits.device)
-                raised = logits[..., :-1].amax(-1) + 12.0
-                logits = torch.cat([logits[..., :-1], torch.where(flags, raised, logits[..., -1])[..., None]], -1)
-            clip_logits, encoded = clip.classify(imagenet_to_clip(padded), masks, logits, clip_text)
-            run.encoded += int(encoded.sum())  # type: ignore[attr-defined]
-            fused = fuse_scores(logits, clip_logits, encoded, seen, unseen)
-            sem = fused_semantic_inference(fused, masks, seen, GZERO_CALIBRATE)
-        return sem[..., :h, :w].argmax(1)
+        out = predictor.labels(x)
+        if counter is not None:
+            run.encoded = counter.encoded  # type: ignore[attr-defined]
+        return out
 
     if clip is not None:
         run.encoded = 0  # type: ignore[attr-defined]

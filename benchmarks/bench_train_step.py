@@ -8,7 +8,7 @@ disk), so the label maps are realistic. All weights are random. Rows:
 
 * ``zs3net segmenter`` -- DeepLabv3+ (ResNet-18, OS16, 16 classes) on ``data.batch_size`` images: forward +
   cross-entropy + backward + SGD step (momentum, weight decay, 10x head lr), through
-  ``zeroseg.engine.loop.train_one_epoch`` with a one-batch loader -- exactly the code the segmenter stage runs.
+  ``zeroseg.engine.train.train_one_epoch`` with a one-batch loader -- exactly the code the segmenter stage runs.
   Training scenes contain no unseen class (``unseen_policy: drop``).
 * ``zs3net generator step`` -- one GMMN MMD step as ``zs3net.train_generator`` takes it per (image, seen class)
   pixel set: the generator maps ``--pixels-per-class`` (128) copies of the class embedding (+ noise) to 256-d
@@ -66,7 +66,7 @@ from zeroseg.config import ExperimentConfig, load_config
 from zeroseg.data.build import IGNORE
 from zeroseg.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from zeroseg.data.synthetic import render_scene
-from zeroseg.engine.loop import poly_lambda, train_one_epoch
+from zeroseg.engine.train import poly_lambda, split_batch, train_one_epoch, train_step
 from zeroseg.errors import ZeroSegError
 from zeroseg.methods import zegformer as zf
 from zeroseg.methods import zs3net
@@ -197,7 +197,7 @@ def zs3net_steps(
     seen, unseen = split_ids(cfg)
     num_classes = len(cfg.data.synthetic.class_names)
     model = zs3net.build_segmenter(cfg, num_classes).to(device)
-    gen = zs3net.build_generator(cfg, embed_dim).to(device)
+    gen = zs3net.build_generator(cfg, embed_dim, model.feature_dim).to(device)
     emb = F.normalize(torch.randn(num_classes, embed_dim), dim=-1).to(device)
     g = cfg.generator
     per = g.pixels_per_class
@@ -290,19 +290,18 @@ def zegformer_step(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(z.iters, z.poly_power))
     padded, lab = zf.pad_batch(images, labels, device)
 
+    terms, normaliser = zf.set_loss(criterion, text, to_train_id, z.num_queries)
+
     def step() -> float:
         model.train()
-        return zf.train_step(
+        return train_step(
             model,
-            model,
-            padded,
-            lab,
-            text,
-            to_train_id=to_train_id,
-            criterion=criterion,
+            split_batch((padded, lab), accum, device),
+            loss_terms=terms,
+            normaliser=normaliser,
             optimizer=opt,
             scheduler=sched,
-            accum=accum,
+            device=device,
             amp=amp,
             clip_grad_norm=z.clip_grad_norm,
         )

@@ -53,7 +53,7 @@ def main() -> None:
         labels = torch.stack([data.val[i][1] for i in range(len(data.val))])
         for control in (False, True):
             run = demo_config(out, seed, quick=False, method="zegformer", control=control)
-            predictor = ZegFormerPredictor(run.run_dir / "zegformer")
+            predictor = ZegFormerPredictor.from_checkpoint(run.run_dir / "zegformer")
             rows.append({"run": run.name, "seed": seed, **vocab_split_accuracy(predictor, images, labels)})
             print(f"{run.name:28s} seen-only acc {rows[-1]['seen_only_acc']:5.1f}   "
                   f"unseen-only acc {rows[-1]['unseen_only_acc']:5.1f}")  # fmt: skip

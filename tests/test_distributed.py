@@ -15,7 +15,7 @@ from torch import nn
 
 from zeroseg.config import load_config
 from zeroseg.engine.distributed import ShardSampler, maybe_sync_batchnorm
-from zeroseg.engine.loop import train_one_epoch
+from zeroseg.engine.train import train_one_epoch
 from zeroseg.methods import zegformer, zs3net
 from zeroseg.modules.deeplab import DeepLabV3Plus
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from zeroseg.config import EngineConfig
 from zeroseg.engine.distributed import CPUSyncBatchNorm, convert_sync_batchnorm, maybe_sync_batchnorm
-from zeroseg.engine.loop import autocast_context, check_engine_config, loss_normaliser, train_one_epoch
+from zeroseg.engine.train import autocast_context, check_engine_config, loss_normaliser, train_one_epoch
 from zeroseg.errors import ZeroSegError
 
 CPU = torch.device("cpu")

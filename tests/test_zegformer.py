@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torch import nn
 from zeroseg.cli import main, parse_class_list
 from zeroseg.config import load_config
 from zeroseg.engine.checkpoint import load_checkpoint
+from zeroseg.engine.train import split_batch, train_step
 from zeroseg.errors import ZeroSegError
 from zeroseg.methods import load_predictor, zegformer
 from zeroseg.methods.zegformer import ZegFormerPredictor, make_targets
@@ -130,8 +132,9 @@ def test_calibration_lowers_seen_scores_exactly(tiny_config):
     cfg = load_config(_tiny_zegformer(tiny_config, iters=1))
     ckpt = zegformer.train(cfg, progress=False).checkpoint
     x = torch.randn(1, 3, 32, 32)
-    base = ZegFormerPredictor(ckpt, inference={**zegformer._inference_options(cfg), "gzero_calibrate": 0.0})
-    cal = ZegFormerPredictor(ckpt, inference={**zegformer._inference_options(cfg), "gzero_calibrate": 0.1})
+    options = zegformer.InferenceOptions.from_config(cfg.zegformer)
+    base = ZegFormerPredictor.from_checkpoint(ckpt, options=dataclasses.replace(options, gzero_calibrate=0.0))
+    cal = ZegFormerPredictor.from_checkpoint(ckpt, options=dataclasses.replace(options, gzero_calibrate=0.1))
     a, b = base.scores(x), cal.scores(x)
     seen, unseen = base.seen_ids, base.unseen_ids
     torch.testing.assert_close(b[:, seen], a[:, seen] - 0.1)
@@ -174,7 +177,7 @@ def test_unknown_method_and_wrong_checkpoint_errors(tiny_config, tmp_path):
 
     save_checkpoint(tmp_path / "c", {"x": torch.zeros(1)}, {"method": "zs3net", "stage": "segmenter"})
     with pytest.raises(ZeroSegError, match="not a ZegFormer checkpoint"):
-        ZegFormerPredictor(tmp_path / "c")
+        ZegFormerPredictor.from_checkpoint(tmp_path / "c")
     with pytest.raises(ZeroSegError, match="class list file not found"):
         parse_class_list(str(tmp_path / "missing.txt"))
 
@@ -186,8 +189,10 @@ def test_clip_image_branch_fused_at_inference(tiny_config, tiny_clip):
     x = torch.randn(2, 3, 64, 64)
     labels = {}
     for mode in ("sequential", "per_image", "batched", "pool"):
-        inference = {**zegformer._inference_options(cfg), "clip_image": spec, "clip_mode": mode}
-        predictor = ZegFormerPredictor(ckpt, inference=inference)
+        options = dataclasses.replace(
+            zegformer.InferenceOptions.from_config(cfg.zegformer), clip_image=spec, clip_mode=mode
+        )
+        predictor = ZegFormerPredictor.from_checkpoint(ckpt, options=options)
         assert predictor.clip is not None and predictor.clip_text.shape == (len(predictor.class_names), 16)
         scores = predictor.scores(x)
         assert scores.shape == (2, len(predictor.class_names), 64, 64) and torch.isfinite(scores).all()
@@ -196,7 +201,7 @@ def test_clip_image_branch_fused_at_inference(tiny_config, tiny_clip):
     torch.testing.assert_close(labels["sequential"], labels["per_image"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(labels["sequential"], labels["batched"], atol=1e-5, rtol=1e-5)
     # Fused scores differ from the segment branch alone.
-    alone = ZegFormerPredictor(ckpt, inference=zegformer._inference_options(cfg)).scores(x)
+    alone = ZegFormerPredictor.from_checkpoint(ckpt).scores(x)
     assert not torch.allclose(alone, labels["per_image"])
     # A new vocabulary re-embeds the CLIP branch's text too.
     predictor.set_classes(["purple spotted", "red striped", "sky"])
@@ -223,3 +228,56 @@ def test_trunk_loads_local_torchvision_weights_then_freezes_bn(tmp_path):
         build_trunk("resnet18", pretrained=tmp_path / "missing.pth")
     with pytest.raises(ZeroSegError, match="unknown"):
         build_trunk("resnet7")
+
+
+def _step_loss_and_grads(model, batch, terms, normaliser, accum):
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss = train_step(
+        model,
+        split_batch(batch, accum, "cpu"),
+        loss_terms=terms,
+        normaliser=normaliser,
+        optimizer=opt,
+        scheduler=None,
+        device="cpu",
+    )
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_grad_accum_is_exact_for_the_set_loss_with_uneven_mask_counts():
+    """A 4-image batch whose halves hold 5 and 1 target masks: 2 micro-batches give the loss and gradient of one.
+
+    Each micro-batch's set loss is normalised by its own mask count; averaging the two halves' losses (what a
+    per-chunk loop does) would give the single mask of the second half the weight of five.
+    """
+    torch.manual_seed(0)
+    cfg = {**TINY_ZF, "backbone_norm": "frozen", "dropout": 0.0}
+    model = ZegFormer(
+        text_dim=8, **{k: cfg[k] for k in ("backbone", "backbone_norm", "hidden_dim", "mask_dim", "num_queries")},
+        dec_layers=cfg["dec_layers"], nheads=cfg["nheads"], dim_feedforward=cfg["dim_feedforward"], dropout=0.0,
+    ).train()
+    labels = torch.full((4, 32, 32), 255)
+    labels[0, :10], labels[0, 10:20], labels[0, 20:] = 0, 1, 2  # 3 masks
+    labels[1, :, :16], labels[1, :, 16:] = 1, 3  # 2 masks -> 5 in the first half
+    labels[2, 8:24, 8:24] = 2  # 1 mask; image 3 has none -> 1 in the second half
+    images = torch.randn(4, 3, 32, 32)
+    criterion = zegformer.SetCriterion(
+        num_classes=4,
+        matcher=zegformer.HungarianMatcher(cost_class=1.0, cost_mask=20.0, cost_dice=1.0),
+        eos_coef=0.1,
+        weight_dict=zegformer.default_weight_dict(mask_weight=20.0, dice_weight=1.0, dec_layers=cfg["dec_layers"]),
+    )
+    text = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    terms, normaliser = zegformer.set_loss(criterion, text, torch.arange(4), cfg["num_queries"])
+    assert normaliser((images[:2], labels[:2]))["masks"] == 5 and normaliser((images[2:], labels[2:]))["masks"] == 1
+    full_loss, full_grads = _step_loss_and_grads(model, (images, labels), terms, normaliser, 1)
+    # The full batch's loss straight from the criterion: the reference the accumulated step must reproduce.
+    outputs = model(images, text)
+    direct = sum(criterion.weighted(criterion(outputs, zegformer.make_targets(labels, torch.arange(4)))).values())
+    assert full_loss == pytest.approx(float(direct.detach()), rel=1e-5)
+    accum_loss, accum_grads = _step_loss_and_grads(model, (images, labels), terms, normaliser, 2)
+    assert accum_loss == pytest.approx(full_loss, rel=1e-5)
+    assert full_grads.keys() == accum_grads.keys()
+    scale = max(float(g.abs().max()) for g in full_grads.values())
+    for name, g in full_grads.items():  # float32 sums in another order: differences ~1e-6 of the largest gradient
+        torch.testing.assert_close(accum_grads[name], g, rtol=1e-4, atol=1e-6 * scale, msg=name)

@@ -30,7 +30,7 @@ def test_cli_train_eval_predict(tmp_path: Path, tiny_config, capsys) -> None:
     assert meta["encoder"] == "glove-6b-50d" and meta["embed_dim"] == 50
     assert meta["split"]["unseen"] == ["red dotted", "green checkered", "blue striped", "yellow checkered"]
     _, meta5 = load_checkpoint(run / "selftrain")
-    assert meta5["method"] == "zs5net" and meta5["transductive"]
+    assert meta5["method"] == "zs3net" and meta5["variant"] == "zs5net" and meta5["transductive"]
     # ZS5Net wrote one pseudo-label PNG per unlabelled (dropped) training image, unseen ids or 255 only.
     pseudo = sorted((run / "pseudo_labels").glob("*.png"))
     assert pseudo

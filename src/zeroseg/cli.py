@@ -136,7 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = evaluate_checkpoint(cfg, args.checkpoint, progress=not args.quiet)
-    title = f"{result['method']} ({result['protocol']} protocol{', transductive' if result['transductive'] else ''})"
+    title = f"{result.get('variant', result['method'])} ({result['protocol']} protocol{', transductive' if result['transductive'] else ''})"
     print(format_metrics_table(result["metrics"], title=title))
     out = args.json or str(Path(args.checkpoint).with_suffix("")) + ".eval.json"
     _write_json(out, result)

@@ -21,6 +21,7 @@ import yaml
 
 from zeroseg.data.synthetic import SynthConfig
 from zeroseg.errors import ZeroSegError
+from zeroseg.files import atomic_write_text
 
 
 @dataclass
@@ -86,6 +87,11 @@ class SegmenterConfig:
     head_lr_mult: float = 10.0
     poly_power: float = 0.9
 
+    def model_kwargs(self, num_classes: int) -> dict[str, Any]:
+        """The :class:`~zeroseg.modules.deeplab.DeepLabV3Plus` keyword arguments of this config (stored in
+        checkpoint metadata; ``pretrained`` only initialises training and is not part of them)."""
+        return {"num_classes": num_classes, "backbone": self.backbone, "output_stride": self.output_stride}
+
 
 @dataclass
 class GeneratorConfig:
@@ -99,6 +105,18 @@ class GeneratorConfig:
     epochs: int = 50
     pixels_per_class: int = 128
     sigmas: tuple[float, ...] = (2.0, 5.0, 10.0, 20.0, 40.0, 80.0)
+
+    def model_kwargs(self, embed_dim: int, feature_dim: int) -> dict[str, Any]:
+        """Keyword arguments of :class:`~zeroseg.modules.gmmn.GMMNGenerator` (and of the graph-context
+        :class:`~zeroseg.modules.gcn.GCNGenerator`, which takes the same), stored in checkpoint metadata."""
+        return {
+            "embed_dim": embed_dim,
+            "noise_dim": self.noise_dim,
+            "hidden_dim": self.hidden_dim,
+            "feature_dim": feature_dim,
+            "dropout": self.dropout,
+            "noise": self.noise,
+        }
 
 
 @dataclass
@@ -242,6 +260,23 @@ class ZegFormerConfig:
     skip_empty: bool = False
     skip_no_object: float | None = None
 
+    def model_kwargs(self, text_dim: int) -> dict[str, Any]:
+        """Keyword arguments of :class:`~zeroseg.modules.zegformer.ZegFormer` (stored in checkpoint metadata;
+        ``pretrained`` only initialises training and is not part of them)."""
+        return {
+            "text_dim": text_dim,
+            "backbone": self.backbone,
+            "backbone_norm": self.backbone_norm,
+            "hidden_dim": self.hidden_dim,
+            "mask_dim": self.mask_dim,
+            "num_queries": self.num_queries,
+            "dec_layers": self.dec_layers,
+            "nheads": self.nheads,
+            "dim_feedforward": self.dim_feedforward,
+            "dropout": self.dropout,
+            "temperature": self.temperature,
+        }
+
 
 @dataclass
 class EngineConfig:
@@ -266,7 +301,7 @@ class ExperimentConfig:
     """One experiment: method x dataset x split."""
 
     name: str = "experiment"
-    method: Literal["zs3net", "zs_mmd", "zegformer", "supervised"] = "zs3net"
+    method: Literal["zs3net", "zs_mmd", "zegformer"] = "zs3net"
     seed: int = 0
     device: str = "cpu"
     out_dir: str = "runs"
@@ -410,8 +445,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(p)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -89,3 +89,39 @@ def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
 def unprefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of ``tensors`` under ``prefix``, with the prefix removed."""
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def save_training_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    meta: dict[str, Any],
+) -> Path:
+    """Write what a training loop needs to continue exactly where it stopped: the model weights, the optimiser's
+    state (moments), the scheduler's step and the CPU RNG state, plus ``meta`` (e.g. the epoch or iteration)."""
+    from zeroseg.engine.train import optimizer_to_tensors
+
+    opt_t, opt_meta = optimizer_to_tensors(optimizer)
+    tensors = {**prefixed(model.state_dict(), "model."), **prefixed(opt_t, "opt."), "rng.cpu": torch.get_rng_state()}
+    return save_checkpoint(path, tensors, {**meta, "optimizer": opt_meta, "scheduler": scheduler.state_dict()})
+
+
+def load_training_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Restore a :func:`save_training_state` checkpoint into ``model``, ``optimizer`` and ``scheduler``.
+
+    Returns:
+        ``(meta, cpu_rng_state)``: the caller sets the RNG state when its data stream has reached the same point.
+    """
+    from zeroseg.engine.train import optimizer_from_tensors
+
+    tensors, meta = load_checkpoint(path)
+    model.load_state_dict(unprefixed(tensors, "model."))
+    optimizer_from_tensors(optimizer, unprefixed(tensors, "opt."), meta["optimizer"])
+    scheduler.load_state_dict(meta["scheduler"])
+    return meta, tensors["rng.cpu"]

@@ -13,6 +13,20 @@ from zeroseg.errors import ZeroSegError
 from zeroseg.visualize import IMAGENET_MEAN, IMAGENET_STD, save_label_png, save_overlay_with_legend
 
 
+def vocabulary(names: Sequence[str]) -> list[str]:
+    """A predictor's class list: names stripped, empty entries dropped.
+
+    Raises:
+        ZeroSegError: no name left, or a name given twice.
+    """
+    clean = [n.strip() for n in names if n.strip()]
+    if not clean:
+        raise ZeroSegError("empty class list")
+    if len(set(clean)) != len(clean):
+        raise ZeroSegError(f"duplicate class names in {clean}")
+    return clean
+
+
 def read_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
     """Read an image file as (H,W,3) uint8, optionally resizing its shorter side to ``size``."""
     p = Path(path)

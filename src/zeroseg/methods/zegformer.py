@@ -25,12 +25,9 @@ The final checkpoint is ``<run>/zegformer.safetensors`` + ``.json``; ``zeroseg e
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import itertools
-import json
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,34 +36,24 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from zeroseg.config import ExperimentConfig, save_config, to_dict
-from zeroseg.data.build import IGNORE, ZeroShotData, build_zero_shot_data
+from zeroseg.config import ExperimentConfig, ZegFormerConfig, to_dict
+from zeroseg.data.build import IGNORE, ZeroShotData
 from zeroseg.data.classes import natural_name
-from zeroseg.engine.checkpoint import checkpoint_exists, load_checkpoint, prefixed, save_checkpoint, unprefixed
-from zeroseg.engine.distributed import (
-    barrier,
-    broadcast_state,
-    init_distributed,
-    is_main,
-    maybe_sync_batchnorm,
-    world_size,
+from zeroseg.engine.checkpoint import (
+    checkpoint_exists,
+    load_checkpoint,
+    load_training_state,
+    prefixed,
+    save_training_state,
+    unprefixed,
 )
-from zeroseg.engine.loop import (
-    RunResult,
-    autocast_context,
-    check_engine_config,
-    evaluate_model,
-    make_loader,
-    metrics_dict,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
-    poly_lambda,
-    reseed_loader,
-    seed_everything,
-    set_dataset_epoch,
-    training_loader,
-)
+from zeroseg.engine.distributed import broadcast_state, is_main, maybe_sync_batchnorm, world_size
+from zeroseg.engine.evaluator import evaluate_predictor
+from zeroseg.engine.loaders import infinite_batches, training_loader
+from zeroseg.engine.run import RunResult, join, log, prepare_data, start_run
+from zeroseg.engine.train import check_engine_config, float_outputs, parallel, poly_lambda, split_batch, train_step
 from zeroseg.errors import ZeroSegError
+from zeroseg.methods.predict import vocabulary
 from zeroseg.modules.mask_losses import SetCriterion, default_weight_dict
 from zeroseg.modules.matcher import HungarianMatcher
 from zeroseg.modules.zegformer import ZegFormer, pad_to_multiple
@@ -76,9 +63,29 @@ from zeroseg.text import get_encoder
 STAGE = "zegformer"
 
 
-def _log(msg: str) -> None:
-    if is_main():
-        tqdm.write(msg)
+_log = log
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How a trained ZegFormer turns segments into a label map (stored in checkpoint metadata; see
+    :class:`~zeroseg.config.ZegFormerConfig` for each field's meaning and official value)."""
+
+    test_templates: str = "single"
+    clip_image: str | None = None
+    clip_templates: str = "imagenet_select_clip"
+    clip_style: str = "cropmask"
+    clip_mode: str = "per_image"
+    ensemble: str = "seen_unseen"
+    ensemble_lambda: float = 2.0 / 3.0
+    gzero_calibrate: float = 0.1
+    skip_empty: bool = False
+    skip_no_object: float | None = None
+
+    @classmethod
+    def from_config(cls, z: ZegFormerConfig) -> InferenceOptions:
+        """The options of a :class:`~zeroseg.config.ZegFormerConfig` (its fields of the same names)."""
+        return cls(**{f.name: getattr(z, f.name) for f in dataclasses.fields(cls)})
 
 
 # --------------------------------------------------------------------------------------------- pieces
@@ -93,21 +100,8 @@ def text_embeddings(encoder: str, class_names: Sequence[str], templates: str) ->
 
 
 def build_model(cfg: ExperimentConfig, text_dim: int) -> ZegFormer:
-    z = cfg.zegformer
-    return ZegFormer(
-        text_dim=text_dim,
-        backbone=z.backbone,
-        backbone_norm=z.backbone_norm,
-        pretrained=z.pretrained,
-        hidden_dim=z.hidden_dim,
-        mask_dim=z.mask_dim,
-        num_queries=z.num_queries,
-        dec_layers=z.dec_layers,
-        nheads=z.nheads,
-        dim_feedforward=z.dim_feedforward,
-        dropout=z.dropout,
-        temperature=z.temperature,
-    )
+    """The network of ``cfg.zegformer``, its trunk initialised from ``zegformer.pretrained`` when set."""
+    return ZegFormer(**cfg.zegformer.model_kwargs(text_dim), pretrained=cfg.zegformer.pretrained)
 
 
 def build_criterion(cfg: ExperimentConfig, num_classes: int) -> SetCriterion:
@@ -150,15 +144,6 @@ def make_targets(labels: torch.Tensor, to_train_id: torch.Tensor) -> list[dict[s
     return targets
 
 
-def _infinite(loader: Any, seed: int, start_epoch: int) -> Iterator[tuple[int, Any]]:
-    """Batches of successive epochs, each reshuffled as a function of ``(seed, epoch)`` alone."""
-    for epoch in itertools.count(start_epoch):
-        reseed_loader(loader, seed * 100_003 + epoch)
-        set_dataset_epoch(loader.dataset, epoch)
-        for batch in loader:
-            yield epoch, batch
-
-
 def train_id_map(num_classes: int, seen_ids: Sequence[int]) -> torch.Tensor:
     """``(num_classes,)``: a class id's index among the seen classes (the training vocabulary), -1 otherwise."""
     to_train_id = torch.full((num_classes,), -1, dtype=torch.long)
@@ -185,53 +170,31 @@ def pad_batch(images: torch.Tensor, labels: torch.Tensor, device: torch.device) 
     return images, F.pad(labels, pad, value=IGNORE)
 
 
-def train_step(
-    net: nn.Module,
-    model: ZegFormer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    text: torch.Tensor,
-    *,
-    to_train_id: torch.Tensor,
-    criterion: SetCriterion,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    accum: int,
-    amp: str,
-    clip_grad_norm: float | None,
-) -> float:
-    """One optimiser step on a padded batch, in ``accum`` micro-batches; returns the weighted loss.
+def set_loss(
+    criterion: SetCriterion, text: torch.Tensor, to_train_id: torch.Tensor, num_queries: int
+) -> tuple[Any, Any]:
+    """The ``(loss_terms, normaliser)`` of :func:`~zeroseg.engine.train.train_step` for ZegFormer's set loss on
+    ``(images, labels)`` micro-batches from :func:`pad_batch`.
 
-    Args:
-        net: ``model`` itself, or its DistributedDataParallel wrapper (gradients are then all-reduced only with
-            the last micro-batch).
-        model: the network (its parameters are clipped).
-        images / labels: a batch from :func:`pad_batch`.
-        text: ``(num_seen, D)`` embeddings of the training vocabulary.
-        to_train_id: :func:`train_id_map`.
-        criterion / optimizer / scheduler: from :func:`build_criterion`, :func:`build_optimizer`, poly LambdaLR.
-        accum: micro-batches per step (``engine.grad_accum``).
-        amp: ``engine.amp``.
-        clip_grad_norm: full-model L2 gradient clipping (None or 0: off).
+    Each weighted term of :class:`SetCriterion` is normalised over the whole global batch: the cross-entropy terms
+    by the class-weight sum of all queries, the mask terms by the number of target masks of every micro-batch of
+    every rank (the official criterion averages the latter over the ranks; with accumulation a per-micro-batch
+    count would weight a micro-batch with one mask as much as one with many).
     """
-    optimizer.zero_grad(set_to_none=True)
-    total = 0.0
-    chunks = list(zip(images.chunk(accum), labels.chunk(accum), strict=True))
-    for k, (chunk_images, chunk_labels) in enumerate(chunks):
-        targets = make_targets(chunk_labels, to_train_id)
-        sync = contextlib.nullcontext() if k == len(chunks) - 1 or net is model else net.no_sync()
-        with sync:
-            with autocast_context(images.device, amp):
-                outputs = net(chunk_images, text)
-            losses = criterion.weighted(criterion(_to_float(outputs), targets))
-            loss = sum(losses.values()) / len(chunks)
-            loss.backward()
-        total += float(loss.detach())
-    if clip_grad_norm and clip_grad_norm > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    return total
+
+    def targets(batch: Any) -> list[dict[str, torch.Tensor]]:
+        return make_targets(batch[1], to_train_id)
+
+    def terms(net: nn.Module, batch: Any) -> list[tuple[str, torch.Tensor]]:
+        outputs = float_outputs(net(batch[0], text))
+        losses = criterion.weighted(criterion(outputs, targets(batch), reduce_over_ranks=False))
+        return [(criterion.group(k), v) for k, v in losses.items()]
+
+    def normaliser(batch: Any) -> dict[str, float]:
+        present = [torch.unique(label) for label in batch[1]]
+        return criterion.normalisers([{"labels": ids[ids != IGNORE]} for ids in present], num_queries)
+
+    return terms, normaliser
 
 
 def train_zegformer(
@@ -261,76 +224,59 @@ def train_zegformer(
     start, history = 0, []
     last = run_dir / f"{STAGE}_last"
     if checkpoint_exists(last):
-        tensors, meta = load_checkpoint(last)
-        model.load_state_dict(unprefixed(tensors, "model."))
-        optimizer_from_tensors(optimizer, unprefixed(tensors, "opt."), meta["optimizer"])
-        scheduler.load_state_dict(meta["scheduler"])
+        meta, rng_state = load_training_state(last, model, optimizer, scheduler)
         start, history = meta["iter"], meta["history"]
         _log(f"[zegformer] resuming after iteration {start}/{z.iters}")
     if start >= z.iters:
         return history
-    net = nn.parallel.DistributedDataParallel(model) if world_size() > 1 else model
-    text = text.to(device)
-    accum = max(1, cfg.engine.grad_accum)
+    net = parallel(model)
+    terms, normaliser = set_loss(criterion, text.to(device), to_train_id, z.num_queries)
     model.train()
     # Skip the batches of the iterations already done, so a resumed run sees exactly the same data.
     per_epoch = len(loader)
-    batches = _infinite(loader, cfg.seed, start // per_epoch)
+    batches = infinite_batches(loader, cfg.seed, start // per_epoch)
     for _ in range(start % per_epoch):
         next(batches)
     if start:
         # After the skipped batches (whose augmentation drew random numbers), so that augmentation and dropout
         # continue exactly where the interrupted run stopped.
-        torch.set_rng_state(tensors["rng.cpu"])
+        torch.set_rng_state(rng_state)
     bar = tqdm(range(start, z.iters), desc="zegformer", leave=False, disable=not progress, initial=start, total=z.iters)
     window: list[float] = []
     log_every = max(1, min(100, z.iters // 20))
     for it in bar:
         _, (images, labels, _stems) = next(batches)
-        images, labels = pad_batch(images, labels, device)
         total = train_step(
             net,
-            model,
-            images,
-            labels,
-            text,
-            to_train_id=to_train_id,
-            criterion=criterion,
+            split_batch(pad_batch(images, labels, device), cfg.engine.grad_accum, device),
+            loss_terms=terms,
+            normaliser=normaliser,
             optimizer=optimizer,
             scheduler=scheduler,
-            accum=accum,
+            device=device,
             amp=cfg.engine.amp,
             clip_grad_norm=z.clip_grad_norm,
         )
-        window.append(total)
-        if len(window) == log_every or it + 1 == z.iters:
+        if total is not None:
+            window.append(total)
+        if window and (len(window) == log_every or it + 1 == z.iters):
             history.append(sum(window) / len(window))
             window = []
             bar.set_postfix(loss=f"{history[-1]:.3f}")
         done = it + 1
         if is_main() and (done == z.iters or (z.checkpoint_every and done % z.checkpoint_every == 0)):
-            opt_t, opt_meta = optimizer_to_tensors(optimizer)
-            save_checkpoint(
-                last,
-                {**prefixed(model.state_dict(), "model."), **prefixed(opt_t, "opt."), "rng.cpu": torch.get_rng_state()},
-                {"iter": done, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "history": history},
-            )
+            save_training_state(last, model, optimizer, scheduler, {"iter": done, "history": history})
     _log(f"[zegformer] {z.iters} iterations, final loss {history[-1]:.3f}" if history else "[zegformer] done")
     return history
 
 
-def _to_float(outputs: dict[str, Any]) -> dict[str, Any]:
-    """Losses in fp32 (autocast produces bf16 logits)."""
-    out = {k: v.float() for k, v in outputs.items() if k != "aux_outputs"}
-    out["aux_outputs"] = [{k: v.float() for k, v in aux.items()} for aux in outputs.get("aux_outputs", [])]
-    return out
-
-
 # --------------------------------------------------------------------------------------------- driver
-def _meta(cfg: ExperimentConfig, data: ZeroShotData, text_dim: int, **extra: Any) -> dict:
-    z = cfg.zegformer
+def checkpoint_meta(cfg: ExperimentConfig, data: ZeroShotData, text_dim: int) -> dict:
+    """Checkpoint metadata: classes, encoder, the network's constructor arguments (``ZegFormer(**meta["model"])``)
+    and the :class:`InferenceOptions`."""
     return {
         "method": "zegformer",
+        "variant": "zegformer",
         "stage": STAGE,
         "protocol": "inductive",
         "transductive": False,
@@ -340,148 +286,65 @@ def _meta(cfg: ExperimentConfig, data: ZeroShotData, text_dim: int, **extra: Any
         "unseen_ids": list(data.unseen_ids),
         "encoder": cfg.text.encoder,
         "embed_dim": text_dim,
-        "model": {
-            "backbone": z.backbone,
-            "backbone_norm": z.backbone_norm,
-            "hidden_dim": z.hidden_dim,
-            "mask_dim": z.mask_dim,
-            "num_queries": z.num_queries,
-            "dec_layers": z.dec_layers,
-            "nheads": z.nheads,
-            "dim_feedforward": z.dim_feedforward,
-            "dropout": z.dropout,
-            "temperature": z.temperature,
-        },
-        "inference": _inference_options(cfg),
+        "model": cfg.zegformer.model_kwargs(text_dim),
+        "inference": dataclasses.asdict(InferenceOptions.from_config(cfg.zegformer)),
         "config": to_dict(cfg),
-        **extra,
-    }
-
-
-def _inference_options(cfg: ExperimentConfig) -> dict:
-    z = cfg.zegformer
-    return {
-        "test_templates": z.test_templates,
-        "clip_image": z.clip_image,
-        "clip_templates": z.clip_templates,
-        "clip_style": z.clip_style,
-        "clip_mode": z.clip_mode,
-        "ensemble": z.ensemble,
-        "ensemble_lambda": z.ensemble_lambda,
-        "gzero_calibrate": z.gzero_calibrate,
-        "skip_empty": z.skip_empty,
-        "skip_no_object": z.skip_no_object,
     }
 
 
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
     """Train ZegFormer on the seen classes of ``cfg.data``, evaluate it, write ``<run>/zegformer``."""
-    t0 = time.perf_counter()
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    local_device = init_distributed(cfg.device)
-    if is_main():
-        save_config(cfg, run_dir / "config.yaml")
-    cfg = dataclasses.replace(cfg, device=local_device)
-    progress = progress and is_main()
-    seed_everything(cfg.seed)
-    device = torch.device(cfg.device)
-    if not is_main():
-        barrier()
-    data = build_zero_shot_data(cfg.data, progress=progress)
-    if is_main():
-        barrier()
+    run = start_run(cfg, progress=progress)
+    cfg, progress, device = run.cfg, run.progress, run.device
+    data = run.data()
     seen_names = [data.class_names[i] for i in data.seen_ids]
     train_text = text_embeddings(cfg.text.encoder, seen_names, cfg.zegformer.train_templates)
     eval_text = text_embeddings(cfg.text.encoder, data.class_names, cfg.zegformer.test_templates)
     model = build_model(cfg, train_text.shape[1]).to(device)
-    results: dict[str, dict] = {}
-    metrics_path = run_dir / "metrics.json"
-    final = run_dir / STAGE
-    if checkpoint_exists(final):
+    if run.done(STAGE):
         _log("[zegformer] complete checkpoint found, skipping")
-        results = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        return RunResult(stages=results, checkpoint=final.with_suffix(".safetensors"), wall_s=time.perf_counter() - t0)
-    history = train_zegformer(cfg, model, train_text, data, run_dir, progress)
+        return run.result(STAGE)
+    history = train_zegformer(cfg, model, train_text, data, run.dir, progress)
     broadcast_state(model)
+    meta = checkpoint_meta(cfg, data, train_text.shape[1])
+    predictor = ZegFormerPredictor(model, meta, eval_text, device=cfg.device)
+    metrics = evaluate_predictor(predictor.labels, data, cfg.data, device=predictor.device, progress=progress)
+    metrics["loss_history"] = history
     tensors = {**prefixed(model.state_dict(), "model."), "text.eval": eval_text, "text.train": train_text}
-    predictor = ZegFormerPredictor.from_parts(
-        model, _meta(cfg, data, train_text.shape[1]), eval_text, device=cfg.device
-    )
-    results[STAGE] = evaluate_predictor(cfg, predictor, data, progress)
-    results[STAGE]["loss_history"] = history
+    path = run.finish_stage(STAGE, tensors, meta, metrics)
     if is_main():
-        save_checkpoint(final, tensors, _meta(cfg, data, train_text.shape[1], metrics=results[STAGE]))
-        metrics_path.write_text(json.dumps(results, indent=2) + "\n")
         # The resume state (weights + AdamW moments) is not needed once the final checkpoint exists.
         for suffix in (".safetensors", ".json"):
-            (run_dir / f"{STAGE}_last{suffix}").unlink(missing_ok=True)
-    barrier()
-    m = results[STAGE]
-    _log(f"[zegformer] seen mIoU {m['seen_miou']:.1f}  unseen mIoU {m['unseen_miou']:.1f}  hIoU {m['hiou']:.1f}")
-    return RunResult(stages=results, checkpoint=final.with_suffix(".safetensors"), wall_s=time.perf_counter() - t0)
-
-
-def evaluate_predictor(
-    cfg: ExperimentConfig, predictor: ZegFormerPredictor, data: ZeroShotData, progress: bool
-) -> dict:
-    """Metrics of ``predictor`` on the validation set (sharded under torchrun, confusion matrices summed)."""
-    loader = make_loader(
-        data.val, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0, shard=True
-    )
-    cm = evaluate_model(
-        lambda x: predictor.predict(x)[0],
-        loader,
-        num_classes=len(data.class_names),
-        device=predictor.device,
-        progress=progress,
-    )
-    return metrics_dict(cm.mat, data)
+            (run.dir / f"{STAGE}_last{suffix}").unlink(missing_ok=True)
+    return run.result(path)
 
 
 # --------------------------------------------------------------------------------------------- inference
 class ZegFormerPredictor:
-    """A trained ZegFormer, ready to segment images with its own or any other vocabulary.
+    """A trained ZegFormer, ready to segment images with its own or any other vocabulary: padding, semantic
+    inference, the optional CLIP image branch and its fusion, and the seen-score calibration, in one place that
+    training's validation, ``zeroseg eval``/``predict`` and the benchmarks all use.
 
     Args:
-        checkpoint: ``<run>/zegformer`` (``.safetensors`` + ``.json``).
+        model: the network.
+        meta: checkpoint metadata (:func:`checkpoint_meta`): ``class_names``, ``seen_ids`` (the trained seen
+            classes), ``encoder``, ``embed_dim``, ``inference``.
+        text: ``(C, D)`` embeddings of ``meta["class_names"]``.
         device: where to run.
-        inference: inference options replacing the checkpoint's (keys of ``_inference_options``: templates, CLIP
-            image branch spec/style/mode, fusion lambda, calibration, skipping).
+        options: inference options replacing ``meta["inference"]``.
     """
 
-    def __init__(self, checkpoint: str | Path, *, device: str = "cpu", inference: dict | None = None) -> None:
-        tensors, meta = load_checkpoint(checkpoint)
-        if meta.get("method") != "zegformer":
-            raise ZeroSegError(f"{checkpoint}: not a ZegFormer checkpoint (method {meta.get('method')!r})")
-        m = meta["model"]
-        model = ZegFormer(
-            text_dim=meta["embed_dim"],
-            backbone=m["backbone"],
-            backbone_norm=m["backbone_norm"],
-            hidden_dim=m["hidden_dim"],
-            mask_dim=m["mask_dim"],
-            num_queries=m["num_queries"],
-            dec_layers=m["dec_layers"],
-            nheads=m["nheads"],
-            dim_feedforward=m["dim_feedforward"],
-            dropout=m["dropout"],
-            temperature=m["temperature"],
-        )
-        model.load_state_dict(unprefixed(tensors, "model."))
-        if inference is not None:
-            meta = {**meta, "inference": dict(inference)}
-        self._setup(model, meta, tensors["text.eval"], device)
-
-    @classmethod
-    def from_parts(cls, model: ZegFormer, meta: dict, text: torch.Tensor, *, device: str = "cpu") -> ZegFormerPredictor:
-        """A predictor around an in-memory model (used right after training)."""
-        self = cls.__new__(cls)
-        self._setup(model, meta, text, device)
-        return self
-
-    def _setup(self, model: ZegFormer, meta: dict, text: torch.Tensor, device: str) -> None:
-        self.meta = meta
+    def __init__(
+        self,
+        model: ZegFormer,
+        meta: dict,
+        text: torch.Tensor,
+        *,
+        device: str = "cpu",
+        options: InferenceOptions | None = None,
+    ) -> None:
+        self.options = options or InferenceOptions(**meta["inference"])
+        self.meta = {**meta, "inference": dataclasses.asdict(self.options)}
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.class_names: tuple[str, ...] = tuple(meta["class_names"])
@@ -489,26 +352,42 @@ class ZegFormerPredictor:
         self.seen_ids = list(meta["seen_ids"])
         self.unseen_ids = list(meta["unseen_ids"])
         self.text = text.to(self.device)
-        opts = meta["inference"]
-        self.gzero_calibrate = float(opts["gzero_calibrate"])
         self.clip = None
         self.clip_text: torch.Tensor | None = None
-        if opts.get("clip_image"):
+        if self.options.clip_image:
             from zeroseg.modules.clip_branch import ClipImageBranch
 
+            o = self.options
             self.clip = ClipImageBranch.from_spec(
-                opts["clip_image"],
-                style=opts["clip_style"],
-                mode=opts["clip_mode"],
-                skip_empty=opts["skip_empty"],
-                skip_no_object=opts["skip_no_object"],
+                o.clip_image,
+                style=o.clip_style,
+                mode=o.clip_mode,
+                skip_empty=o.skip_empty,
+                skip_no_object=o.skip_no_object,
                 device=str(self.device),
             )
             self.clip_text = self._clip_text(self.class_names)
 
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: str | Path, *, device: str = "cpu", options: InferenceOptions | None = None
+    ) -> ZegFormerPredictor:
+        """Load ``<run>/zegformer`` (``.safetensors`` + ``.json``); ``options`` replace the stored inference options."""
+        tensors, meta = load_checkpoint(checkpoint)
+        if meta.get("method") != "zegformer":
+            raise ZeroSegError(f"{checkpoint}: not a ZegFormer checkpoint (method {meta.get('method')!r})")
+        model = ZegFormer(**meta["model"])
+        model.load_state_dict(unprefixed(tensors, "model."))
+        return cls(model, meta, tensors["text.eval"], device=device, options=options)
+
+    def use_clip_branch(self, branch: Any, text_clip: torch.Tensor) -> None:
+        """Fuse an already-built CLIP image branch (``.classify`` as :class:`ClipImageBranch`) whose text embeddings
+        of the current classes are ``text_clip (C, D)`` (the benchmarks build their own)."""
+        self.clip, self.clip_text = branch, text_clip.to(self.device)
+
     def _clip_text(self, names: Sequence[str]) -> torch.Tensor:
-        opts = self.meta["inference"]
-        return text_embeddings(opts["clip_image"], names, opts["clip_templates"]).to(self.device)
+        o = self.options
+        return text_embeddings(o.clip_image, names, o.clip_templates).to(self.device)
 
     def set_classes(self, names: Sequence[str]) -> None:
         """Segment with a new vocabulary (names with ``|``-separated synonyms are averaged).
@@ -516,15 +395,10 @@ class ZegFormerPredictor:
         Names that were seen classes in training count as seen for the fusion and the calibration; every other
         name is treated as unseen.
         """
-        names = [n.strip() for n in names if n.strip()]
-        if not names:
-            raise ZeroSegError("empty class list")
-        if len(set(names)) != len(names):
-            raise ZeroSegError(f"duplicate class names in {names}")
+        names = vocabulary(names)
         if tuple(names) == self.class_names:
             return
-        opts = self.meta["inference"]
-        self.text = text_embeddings(self.meta["encoder"], names, opts["test_templates"]).to(self.device)
+        self.text = text_embeddings(self.meta["encoder"], names, self.options.test_templates).to(self.device)
         if self.text.shape[1] != self.meta["embed_dim"]:
             raise ZeroSegError(
                 f"encoder {self.meta['encoder']} gives {self.text.shape[1]}-d embeddings, the model expects "
@@ -544,14 +418,14 @@ class ZegFormerPredictor:
         padded = pad_to_multiple(images)
         out = self.model(padded, self.text)
         masks = F.interpolate(out["pred_masks"], size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        calibrate = self.options.gzero_calibrate
         if self.clip is None:
             sem = semantic_inference(out["pred_logits"], masks)
-            if self.gzero_calibrate > 0 and self.seen_ids:
-                sem[:, self.seen_ids] -= self.gzero_calibrate
+            if calibrate > 0 and self.seen_ids:
+                sem[:, self.seen_ids] -= calibrate
         else:
             from zeroseg.modules.clip_branch import fuse_scores, fused_semantic_inference, imagenet_to_clip
 
-            opts = self.meta["inference"]
             clip_logits, encoded = self.clip.classify(
                 imagenet_to_clip(padded), masks, out["pred_logits"], self.clip_text
             )
@@ -561,14 +435,18 @@ class ZegFormerPredictor:
                 encoded,
                 self.seen_ids,
                 self.unseen_ids,
-                lam=opts["ensemble_lambda"],
-                all_classes=opts.get("ensemble") == "all_classes",
+                lam=self.options.ensemble_lambda,
+                all_classes=self.options.ensemble == "all_classes",
             )
-            sem = fused_semantic_inference(fused, masks, self.seen_ids, self.gzero_calibrate)
+            sem = fused_semantic_inference(fused, masks, self.seen_ids, calibrate)
         return sem[..., :h, :w]
 
+    def labels(self, images: torch.Tensor) -> torch.Tensor:
+        """Labels ``(B, H, W)`` (indices into ``class_names``) on the predictor's device."""
+        return self.scores(images).argmax(1)
+
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Labels ``(B, H, W)`` (indices into ``class_names``) and the winning scores."""
+        """Labels ``(B, H, W)`` (indices into ``class_names``) and the winning scores, on the CPU."""
         conf, labels = self.scores(images).max(1)
         return labels.cpu(), conf.cpu()
 
@@ -578,27 +456,26 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, *, progre
 
     The evaluated vocabulary is the config's split: the same classes as in training, or another dataset's
     (cross-dataset evaluation, e.g. a COCO-Stuff model on ADE20K-150); classes the model was trained on
-    count as seen, all others as unseen.
+    count as seen, all others as unseen. The inference options are the config's.
     """
-    cfg = dataclasses.replace(cfg, device=init_distributed(cfg.device))
-    progress = progress and is_main()
-    predictor = ZegFormerPredictor(checkpoint, device=cfg.device, inference=_inference_options(cfg))
-    if not is_main():
-        barrier()
-    data = build_zero_shot_data(cfg.data, progress=progress)
-    if is_main():
-        barrier()
+    cfg = join(cfg)
+    options = InferenceOptions.from_config(cfg.zegformer)
+    predictor = ZegFormerPredictor.from_checkpoint(checkpoint, device=cfg.device, options=options)
+    data = prepare_data(cfg.data, progress=progress)
     if tuple(data.class_names) != predictor.class_names:
         predictor.set_classes(list(data.class_names))
-    metrics = evaluate_predictor(cfg, predictor, data, progress)
+    metrics = evaluate_predictor(
+        predictor.labels, data, cfg.data, device=predictor.device, progress=progress and is_main()
+    )
     return {
         "method": "zegformer",
+        "variant": "zegformer",
         "stage": STAGE,
         "protocol": "inductive",
         "transductive": False,
         "checkpoint": str(checkpoint),
         "split": data.split.name,
-        "clip_image": predictor.meta["inference"].get("clip_image"),
+        "clip_image": options.clip_image,
         "world_size": world_size(),
         "metrics": metrics,
     }

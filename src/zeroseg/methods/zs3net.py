@@ -34,9 +34,6 @@ complete stage, and the segmenter stage also resumes from its last finished epoc
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,43 +46,33 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
-from zeroseg.config import ExperimentConfig, save_config, to_dict
-from zeroseg.data.build import IGNORE, ZeroShotData, build_zero_shot_data
+from zeroseg.config import ExperimentConfig, to_dict
+from zeroseg.data.build import IGNORE, ZeroShotData
 from zeroseg.data.classes import natural_name
 from zeroseg.data.dataset import Sample, SegmentationDataset, load_png_indices
 from zeroseg.data.transforms import train_transform
 from zeroseg.engine.checkpoint import (
     checkpoint_exists,
     load_checkpoint,
+    load_training_state,
     prefixed,
-    save_checkpoint,
+    save_training_state,
     unprefixed,
 )
 from zeroseg.engine.distributed import (
     ShardSampler,
     barrier,
     broadcast_state,
-    init_distributed,
     is_main,
     maybe_sync_batchnorm,
     world_size,
 )
-from zeroseg.engine.loop import (
-    RunResult,
-    check_engine_config,
-    evaluate_model,
-    make_loader,
-    metrics_dict,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
-    poly_lambda,
-    reseed_loader,
-    seed_everything,
-    set_dataset_epoch,
-    train_one_epoch,
-    training_loader,
-)
+from zeroseg.engine.evaluator import evaluate_predictor
+from zeroseg.engine.loaders import make_loader, prepare_epoch, set_dataset_epoch, training_loader
+from zeroseg.engine.run import RunResult, join, log, prepare_data, start_run
+from zeroseg.engine.train import check_engine_config, parallel, poly_lambda, train_one_epoch
 from zeroseg.errors import ZeroSegError
+from zeroseg.methods.predict import vocabulary
 from zeroseg.modules.deeplab import DeepLabV3Plus
 from zeroseg.modules.gcn import GCNGenerator, SegmentGraph, build_segment_graph, pool_node_features
 from zeroseg.modules.gmmn import GMMNGenerator
@@ -93,14 +80,10 @@ from zeroseg.modules.mmd import mmd_loss
 from zeroseg.text import get_encoder
 
 STAGES = ("segmenter", "generator", "graph", "classifier", "selftrain")
-#: The checkpoints that :class:`ZS3Predictor` serves: method -> its final stage (ZS-MMD reuses this predictor).
-FINAL_STAGES = {"zs3net": "classifier", "zs5net": "selftrain", "zs_mmd": "zs_mmd"}
+#: The stages whose checkpoints :class:`ZS3Predictor` serves (ZS3Net, ZS5Net); ZS-MMD's rounds reuse it.
+FINAL_STAGES = ("classifier", "selftrain")
 BANK_PER_CLASS = 256
-
-
-def _log(msg: str) -> None:
-    if is_main():
-        tqdm.write(msg)
+_log = log
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -148,36 +131,14 @@ def sample_pixels(
     return torch.cat(feats), torch.cat(ys)
 
 
-def _parallel(model: nn.Module) -> nn.Module:
-    """DistributedDataParallel around ``model`` when several ranks train it, else ``model`` itself.
-
-    Convert BatchNorm first when wanted (:func:`~zeroseg.engine.distributed.maybe_sync_batchnorm`).
-    """
-    if world_size() <= 1:
-        return model
-    return nn.parallel.DistributedDataParallel(model)
-
-
 def build_segmenter(cfg: ExperimentConfig, num_classes: int) -> DeepLabV3Plus:
-    s = cfg.segmenter
-    return DeepLabV3Plus(
-        num_classes=num_classes,
-        backbone=s.backbone,
-        output_stride=s.output_stride,
-        pretrained_backbone=s.pretrained,
-    )
+    """DeepLabv3+ of ``cfg.segmenter``, its backbone initialised from ``segmenter.pretrained`` when set."""
+    return DeepLabV3Plus(**cfg.segmenter.model_kwargs(num_classes), pretrained_backbone=cfg.segmenter.pretrained)
 
 
-def build_generator(cfg: ExperimentConfig, embed_dim: int) -> GMMNGenerator:
-    g = cfg.generator
-    return GMMNGenerator(
-        embed_dim=embed_dim,
-        noise_dim=g.noise_dim,
-        hidden_dim=g.hidden_dim,
-        feature_dim=256,
-        dropout=g.dropout,
-        noise=g.noise,
-    )
+def build_generator(cfg: ExperimentConfig, embed_dim: int, feature_dim: int) -> GMMNGenerator:
+    """The GMMN of ``cfg.generator`` from ``embed_dim``-d class embeddings to ``feature_dim``-d pixel features."""
+    return GMMNGenerator(**cfg.generator.model_kwargs(embed_dim, feature_dim))
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -205,21 +166,15 @@ def train_segmenter(
     start = 0
     last = run_dir / "segmenter_last"
     if checkpoint_exists(last):
-        tensors, meta = load_checkpoint(last)
-        model.load_state_dict(unprefixed(tensors, "model."))
-        optimizer_from_tensors(optimizer, unprefixed(tensors, "opt."), meta["optimizer"])
-        scheduler.load_state_dict(meta["scheduler"])
+        meta, rng_state = load_training_state(last, model, optimizer, scheduler)
         start = meta["epoch"]
-        torch.set_rng_state(unprefixed(tensors, "rng.")["cpu"])
+        torch.set_rng_state(rng_state)
         _log(f"[segmenter] resuming after epoch {start}/{s.epochs}")
-    net = _parallel(model)
+    net = parallel(model)
     for epoch in range(start, s.epochs):
-        # Shuffle order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
-        reseed_loader(loader, cfg.seed * 100_003 + epoch)
-        set_dataset_epoch(data.train, epoch)
         loss = train_one_epoch(
             net,
-            loader,
+            prepare_epoch(loader, cfg.seed, epoch),
             optimizer,
             scheduler,
             criterion=criterion,
@@ -230,18 +185,8 @@ def train_segmenter(
             grad_accum=cfg.engine.grad_accum,
         )
         _log(f"[segmenter] epoch {epoch + 1}/{s.epochs} loss {loss:.4f}")
-        opt_t, opt_meta = optimizer_to_tensors(optimizer)
-        if not is_main():
-            continue
-        save_checkpoint(
-            last,
-            {
-                **prefixed(model.state_dict(), "model."),
-                **prefixed(opt_t, "opt."),
-                "rng.cpu": torch.get_rng_state(),
-            },
-            {"epoch": epoch + 1, "optimizer": opt_meta, "scheduler": scheduler.state_dict()},
-        )
+        if is_main():
+            save_training_state(last, model, optimizer, scheduler, {"epoch": epoch + 1})
     set_dataset_epoch(data.train, 0)  # later stages read data.train as a fresh (or resumed) run does
 
 
@@ -634,7 +579,7 @@ def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, 
         optimizer, poly_lambda(st.epochs * len(loader), cfg.segmenter.poly_power)
     )
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE)
-    net = _parallel(model)
+    net = parallel(model)
     for epoch in range(st.epochs):
         if isinstance(loader.sampler, ShardSampler):
             loader.sampler.set_epoch(epoch)
@@ -656,9 +601,16 @@ def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, 
 
 
 # --------------------------------------------------------------------------------------------- driver
-def _meta(cfg: ExperimentConfig, data: ZeroShotData, stage: str, emb: torch.Tensor, **extra: Any) -> dict:
+def checkpoint_meta(
+    cfg: ExperimentConfig, data: ZeroShotData, stage: str, emb: torch.Tensor, *, feature_dim: int, **extra: Any
+) -> dict:
+    """Checkpoint metadata: what the checkpoint is (method, stage, protocol), its classes and encoder, and the
+    constructor arguments that rebuild its networks (``DeepLabV3Plus(**meta["segmenter"])``,
+    ``GMMNGenerator(**meta["generator"])``)."""
+    num_classes = len(data.class_names)
     return {
-        "method": "zs5net" if stage == "selftrain" else "zs3net",
+        "method": "zs3net",
+        "variant": "zs5net" if stage == "selftrain" else ("zs3net-gc" if cfg.graph.enabled else "zs3net"),
         "stage": stage,
         "protocol": cfg.classifier.protocol,
         "transductive": stage == "selftrain",
@@ -669,13 +621,8 @@ def _meta(cfg: ExperimentConfig, data: ZeroShotData, stage: str, emb: torch.Tens
         "unseen_ids": list(data.unseen_ids),
         "encoder": cfg.text.encoder,
         "embed_dim": int(emb.shape[1]),
-        "segmenter": {"backbone": cfg.segmenter.backbone, "output_stride": cfg.segmenter.output_stride},
-        "generator": {
-            "noise_dim": cfg.generator.noise_dim,
-            "hidden_dim": cfg.generator.hidden_dim,
-            "dropout": cfg.generator.dropout,
-            "noise": cfg.generator.noise,
-        },
+        "segmenter": cfg.segmenter.model_kwargs(num_classes),
+        "generator": cfg.generator.model_kwargs(int(emb.shape[1]), feature_dim),
         "config": to_dict(cfg),
         **extra,
     }
@@ -684,57 +631,24 @@ def _meta(cfg: ExperimentConfig, data: ZeroShotData, stage: str, emb: torch.Tens
 def evaluate_segmenter(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, progress: bool) -> dict:
     """Metrics of ``model`` on the validation set (argmax over every class of the split)."""
     model.eval()
-    loader = make_loader(
-        data.val, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0, shard=True
+    return evaluate_predictor(
+        lambda x: model(x).argmax(1), data, cfg.data, device=torch.device(cfg.device), progress=progress
     )
-    cm = evaluate_model(
-        lambda x: model(x).argmax(1),
-        loader,
-        num_classes=len(data.class_names),
-        device=torch.device(cfg.device),
-        progress=progress,
-    )
-    return metrics_dict(cm.mat, data)
 
 
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
     """Run every stage of ZS3Net (and ZS5Net when ``selftrain.enabled``), resuming after the last done."""
-    t0 = time.perf_counter()
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    local_device = init_distributed(cfg.device)
-    if is_main():
-        save_config(cfg, run_dir / "config.yaml")
-    cfg = dataclasses.replace(cfg, device=local_device)  # this rank's device (cuda:<local rank> under torchrun)
-    progress = progress and is_main()
-    seed_everything(cfg.seed)
-    device = torch.device(cfg.device)
-    # Rank 0 prepares the data (the synthetic benchmark is written on first use) before the others read it.
-    if not is_main():
-        barrier()
-    data = build_zero_shot_data(cfg.data, progress=progress)
-    if is_main():
-        barrier()
+    run = start_run(cfg, progress=progress)
+    cfg, progress, device = run.cfg, run.progress, run.device
+    data = run.data()
     emb = class_embeddings(cfg.text.encoder, data.class_names)
     model = build_segmenter(cfg, len(data.class_names)).to(device)
-    gen = build_generator(cfg, emb.shape[1]).to(device)
+    gen = build_generator(cfg, emb.shape[1], model.feature_dim).to(device)
     gcn = None
     if cfg.graph.enabled:
-        g = cfg.generator
-        gcn = GCNGenerator(
-            embed_dim=emb.shape[1],
-            noise_dim=g.noise_dim,
-            hidden_dim=g.hidden_dim,
-            feature_dim=256,
-            dropout=g.dropout,
-            noise=g.noise,
-        ).to(device)
-    results: dict[str, dict] = {}
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
-        results = json.loads(metrics_path.read_text())
+        gcn = GCNGenerator(**cfg.generator.model_kwargs(emb.shape[1], model.feature_dim)).to(device)
 
-    def finish(stage: str, history: list[float] | None = None) -> Path:
+    def finish(stage: str, history: list[float] | None = None) -> None:
         broadcast_state(model, gen, gcn)
         tensors = {
             **prefixed(model.state_dict(), "segmenter."),
@@ -747,52 +661,35 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
             bank_x, bank_y = feature_bank(model, data, cfg)
             tensors.update({"bank.features": bank_x, "bank.labels": bank_y})
         if stage in ("generator", "graph"):
-            results[stage] = {"mmd_history": history}
+            metrics: dict = {"mmd_history": history}
         else:
-            results[stage] = evaluate_segmenter(cfg, model, data, progress)
-        path = run_dir / f"{stage}.safetensors"
-        if is_main():
-            save_checkpoint(run_dir / stage, tensors, _meta(cfg, data, stage, emb, metrics=results[stage]))
-            metrics_path.write_text(json.dumps(results, indent=2) + "\n")
-        barrier()
-        m = results[stage]
-        if "hiou" in m:
-            _log(f"[{stage}] seen mIoU {m['seen_miou']:.1f}  unseen mIoU {m['unseen_miou']:.1f}  hIoU {m['hiou']:.1f}")
-        return path
+            metrics = evaluate_segmenter(cfg, model, data, progress)
+        run.finish_stage(stage, tensors, checkpoint_meta(cfg, data, stage, emb, feature_dim=model.feature_dim), metrics)
 
-    def resume(stage: str) -> None:
-        tensors, _ = load_checkpoint(run_dir / stage)
+    skip = {"selftrain": not cfg.selftrain.enabled, "graph": not cfg.graph.enabled}
+    last_done, todo = run.todo([s for s in STAGES if not skip.get(s, False)])
+    if last_done:
+        tensors, _ = load_checkpoint(run.dir / last_done)
         model.load_state_dict(unprefixed(tensors, "segmenter."))
         gen.load_state_dict(unprefixed(tensors, "generator."))
         if gcn is not None and any(k.startswith("gcn.") for k in tensors):
             gcn.load_state_dict(unprefixed(tensors, "gcn."))
-        _log(f"[{stage}] complete checkpoint found, skipping")
-
-    skip = {"selftrain": not cfg.selftrain.enabled, "graph": not cfg.graph.enabled}
-    stages = [s for s in STAGES if not skip.get(s, False)]
-    done = [s for s in stages if checkpoint_exists(run_dir / s)]
-    last_done = done[-1] if done else None
-    if last_done:
-        resume(last_done)
-    todo = stages[stages.index(last_done) + 1 :] if last_done else stages
-    final = run_dir / (last_done or "segmenter")
+        _log(f"[{last_done}] complete checkpoint found, skipping")
     for stage in todo:
         if stage == "segmenter":
-            train_segmenter(cfg, model, data, run_dir, progress)
+            train_segmenter(cfg, model, data, run.dir, progress)
+            finish(stage)
         elif stage == "generator":
-            final = finish(stage, train_generator(cfg, model, gen, emb, data, progress))
-            continue
+            finish(stage, train_generator(cfg, model, gen, emb, data, progress))
         elif stage == "graph":
-            final = finish(stage, train_graph_generator(cfg, model, gcn, emb, data, progress))
-            continue
+            finish(stage, train_graph_generator(cfg, model, gcn, emb, data, progress))
         elif stage == "classifier":
             train_classifier(cfg, model, gen, emb, data, progress, gcn=gcn)
+            finish(stage)
         else:
-            self_train(cfg, model, data, run_dir, progress)
-        final = finish(stage)
-    return RunResult(
-        stages=results, checkpoint=Path(final).with_suffix(".safetensors"), wall_s=time.perf_counter() - t0
-    )
+            self_train(cfg, model, data, run.dir, progress)
+            finish(stage)
+    return run.result(todo[-1] if todo else (last_done or "segmenter"))
 
 
 # --------------------------------------------------------------------------------------------- inference
@@ -805,29 +702,16 @@ class ZS3Predictor:
     """
 
     def __init__(self, checkpoint: str | Path, *, device: str = "cpu") -> None:
+        from zeroseg.methods import checkpoint_method
+
+        checkpoint_method(checkpoint)  # a final checkpoint of ZS3Net, ZS5Net or ZS-MMD, or a one-line error
         tensors, meta = load_checkpoint(checkpoint)
-        if FINAL_STAGES.get(meta.get("method")) != meta.get("stage"):
-            raise ZeroSegError(
-                f"{checkpoint}: not a final checkpoint (method {meta.get('method')!r}, stage {meta.get('stage')!r}); "
-                "use <run>/classifier (ZS3Net), <run>/selftrain (ZS5Net) or <run>/zs_mmd_round<N> (ZS-MMD)"
-            )
         self.meta, self.device = meta, torch.device(device)
         self.class_names: tuple[str, ...] = tuple(meta["class_names"])
-        seg = meta["segmenter"]
-        self.model = DeepLabV3Plus(
-            num_classes=len(self.class_names), backbone=seg["backbone"], output_stride=seg["output_stride"]
-        )
+        self.model = DeepLabV3Plus(**meta["segmenter"])
         self.model.load_state_dict(unprefixed(tensors, "segmenter."))
         self.model.to(self.device).eval()
-        g = meta["generator"]
-        self.generator = GMMNGenerator(
-            embed_dim=meta["embed_dim"],
-            noise_dim=g["noise_dim"],
-            hidden_dim=g["hidden_dim"],
-            feature_dim=256,
-            dropout=g["dropout"],
-            noise=g["noise"],
-        )
+        self.generator = GMMNGenerator(**meta["generator"])
         self.generator.load_state_dict(unprefixed(tensors, "generator."))
         self.generator.to(self.device).eval()
         self.bank_x = tensors["bank.features"]
@@ -841,11 +725,7 @@ class ZS3Predictor:
         from the generator, conditioned on its embedding. ZS5Net checkpoints were fine-tuned for their own
         class list, so only ZS3Net (``classifier`` stage) checkpoints accept a new one.
         """
-        names = [n.strip() for n in names if n.strip()]
-        if not names:
-            raise ZeroSegError("empty class list")
-        if len(set(names)) != len(names):
-            raise ZeroSegError(f"duplicate class names in {names}")
+        names = vocabulary(names)
         if tuple(names) == self.class_names:
             return
         if self.meta["stage"] == "selftrain":
@@ -906,37 +786,26 @@ class ZS3Predictor:
 
 def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, *, progress: bool = True) -> dict:
     """Metrics of a final checkpoint on ``cfg.data``'s validation set (sharded under torchrun)."""
-    cfg = dataclasses.replace(cfg, device=init_distributed(cfg.device))
-    progress = progress and is_main()
+    cfg = join(cfg)
     predictor = ZS3Predictor(checkpoint, device=cfg.device)
     meta = predictor.meta
-    if not is_main():
-        barrier()
-    data = build_zero_shot_data(cfg.data, progress=progress)
-    if is_main():
-        barrier()
+    data = prepare_data(cfg.data, progress=progress)
     if list(data.class_names) != meta["class_names"]:
         raise ZeroSegError(
             f"{checkpoint}: trained for classes {meta['class_names'][:4]}..., config's split has "
             f"{list(data.class_names)[:4]}... (different split or dataset)"
         )
-    loader = make_loader(
-        data.val, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0, shard=True
-    )
-    cm = evaluate_model(
-        lambda x: predictor.predict(x)[0],
-        loader,
-        num_classes=len(data.class_names),
-        device=predictor.device,
-        progress=progress,
+    metrics = evaluate_predictor(
+        lambda x: predictor.predict(x)[0], data, cfg.data, device=predictor.device, progress=progress and is_main()
     )
     return {
         "method": meta["method"],
+        "variant": meta.get("variant", meta["method"]),
         "stage": meta["stage"],
         "protocol": meta["protocol"],
         "transductive": meta["transductive"],
         "checkpoint": str(checkpoint),
         "split": meta["split"]["name"],
         "world_size": world_size(),
-        "metrics": metrics_dict(cm.mat, data),
+        "metrics": metrics,
     }

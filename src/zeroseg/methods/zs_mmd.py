@@ -39,27 +39,25 @@ pseudo-features taken at feature resolution from the classifier's logits there.
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm import tqdm
 
-from zeroseg.config import ExperimentConfig, save_config
-from zeroseg.data.build import ZeroShotData, build_zero_shot_data
-from zeroseg.engine.checkpoint import checkpoint_exists, load_checkpoint, prefixed, save_checkpoint, unprefixed
-from zeroseg.engine.distributed import barrier, broadcast_state, init_distributed, is_main
-from zeroseg.engine.loop import RunResult, make_loader, seed_everything
+from zeroseg.config import ExperimentConfig
+from zeroseg.data.build import ZeroShotData
+from zeroseg.engine.checkpoint import load_checkpoint, prefixed, unprefixed
+from zeroseg.engine.distributed import broadcast_state
+from zeroseg.engine.loaders import make_loader
+from zeroseg.engine.run import RunResult, seed_everything, start_run
+from zeroseg.engine.run import log as _log
 from zeroseg.errors import ZeroSegError
 from zeroseg.methods import zs3net
 from zeroseg.methods.zs3net import (
     _features,
-    _log,
-    _meta,
     build_generator,
     build_segmenter,
+    checkpoint_meta,
     class_embeddings,
     evaluate_segmenter,
     feature_bank,
@@ -70,6 +68,8 @@ from zeroseg.methods.zs3net import (
 from zeroseg.modules.deeplab import DeepLabV3Plus
 from zeroseg.modules.gmmn import GMMNGenerator
 from zeroseg.modules.mmd import mmd_loss, weighted_mmd_loss
+
+STAGE = "zs_mmd"
 
 
 def round_name(r: int) -> str:
@@ -238,34 +238,27 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
     Resumable: ZS3Net's stages resume as in :func:`zeroseg.methods.zs3net.train`; every finished round has a
     checkpoint ``<run>/zs_mmd_round{r}`` and is skipped on a re-run.
     """
-    t0 = time.perf_counter()
     _check(cfg)
     z = cfg.zs_mmd
     # Round 0 is plain ZS3Net; ZS5Net self-training is a different method and stays off.
     base = dataclasses.replace(cfg, selftrain=dataclasses.replace(cfg.selftrain, enabled=False))
-    zs3 = zs3net.train(base, progress=progress)  # also joins the process group under torchrun
-    run_dir = cfg.run_dir
-    if is_main():
-        save_config(cfg, run_dir / "config.yaml")
-    cfg = dataclasses.replace(cfg, device=init_distributed(cfg.device))
-    progress = progress and is_main()
-    device = torch.device(cfg.device)
-    data = build_zero_shot_data(cfg.data, progress=progress)
+    zs3net.train(base, progress=progress)
+    run = start_run(cfg, progress=progress)
+    cfg, progress, device = run.cfg, run.progress, run.device
+    data = run.data()
     emb = class_embeddings(cfg.text.encoder, data.class_names)
     model = build_segmenter(cfg, len(data.class_names)).to(device)
-    gen = build_generator(cfg, emb.shape[1]).to(device)
-    metrics_path = run_dir / "metrics.json"
-    results: dict[str, dict] = json.loads(metrics_path.read_text()) if metrics_path.exists() else dict(zs3.stages)
+    gen = build_generator(cfg, emb.shape[1], model.feature_dim).to(device)
     transductive = z.source != "train" or cfg.data.unseen_policy != "drop"
 
-    done = [r for r in range(1, z.rounds + 1) if checkpoint_exists(run_dir / round_name(r))]
-    start = max(done, default=0)
+    rounds = [round_name(r) for r in range(1, z.rounds + 1)]
+    last_done, _ = run.todo(rounds)
+    start = rounds.index(last_done) + 1 if last_done else 0
     if start:
         _log(f"[zs-mmd] rounds 1..{start} complete, skipping")
-    tensors, _ = load_checkpoint(run_dir / round_name(start))
+    tensors, _ = load_checkpoint(run.dir / round_name(start))
     model.load_state_dict(unprefixed(tensors, "segmenter."))
     gen.load_state_dict(unprefixed(tensors, "generator."))
-    final = run_dir / round_name(start)
     for r in range(start + 1, z.rounds + 1):
         # Every round seeds from (seed, round) alone, so a resumed round reproduces an uninterrupted one.
         seed_everything(cfg.seed * 1000 + r)
@@ -275,45 +268,31 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
         counts = {data.class_names[c]: int(pools[c][0].shape[0]) if c in pools else 0 for c in data.unseen_ids}
         _log(f"[zs-mmd] round {r}: pseudo-features per unseen class {counts}")
         if z.reset_generator:
-            gen = build_generator(cfg, emb.shape[1]).to(device)
+            gen = build_generator(cfg, emb.shape[1], model.feature_dim).to(device)
         history = retrain_generator(cfg, model, gen, emb, data, pools, rng, progress)
         train_classifier(cfg, model, gen, emb, data, progress)
         broadcast_state(model, gen)
         bank_x, bank_y = feature_bank(model, data, cfg)
         metrics = evaluate_segmenter(cfg, model, data, progress)
-        results[round_name(r)] = {**metrics, "pseudo_counts": counts, "generator_loss": history}
-        final = run_dir / round_name(r)
-        if not is_main():
-            barrier()
-            continue
-        save_checkpoint(
-            run_dir / round_name(r),
-            {
-                **prefixed(model.state_dict(), "segmenter."),
-                **prefixed(gen.state_dict(), "generator."),
-                "embeddings": emb,
-                "bank.features": bank_x,
-                "bank.labels": bank_y,
-            },
-            _meta(
-                cfg,
-                data,
-                "zs_mmd",
-                emb,
-                method="zs_mmd",
-                round=r,
-                transductive=transductive,
-                pseudo_source=z.source,
-                pseudo_counts=counts,
-                metrics=metrics,
-            ),
+        tensors = {
+            **prefixed(model.state_dict(), "segmenter."),
+            **prefixed(gen.state_dict(), "generator."),
+            "embeddings": emb,
+            "bank.features": bank_x,
+            "bank.labels": bank_y,
+        }
+        meta = checkpoint_meta(
+            cfg,
+            data,
+            STAGE,
+            emb,
+            feature_dim=model.feature_dim,
+            method="zs_mmd",
+            variant="zs_mmd",
+            round=r,
+            transductive=transductive,
+            pseudo_source=z.source,
+            pseudo_counts=counts,
         )
-        metrics_path.write_text(json.dumps(results, indent=2) + "\n")
-        barrier()
-        _log(
-            f"[zs-mmd] round {r}: seen mIoU {metrics['seen_miou']:.1f}  unseen mIoU {metrics['unseen_miou']:.1f}"
-            f"  hIoU {metrics['hiou']:.1f}"
-        )
-    return RunResult(
-        stages=results, checkpoint=Path(final).with_suffix(".safetensors"), wall_s=time.perf_counter() - t0
-    )
+        run.finish_stage(round_name(r), tensors, meta, {**metrics, "pseudo_counts": counts, "generator_loss": history})
+    return run.result(round_name(max(start, z.rounds)))

@@ -209,8 +209,27 @@ class SetCriterion(nn.Module):
             "loss_dice": dice_loss(src_masks, tgt_masks, num_masks),
         }
 
+    def normalisers(self, targets: Sequence[Mapping[str, torch.Tensor]], num_queries: int) -> dict[str, float]:
+        """What the losses of these targets are averaged over, before any forward pass.
+
+        ``"ce"``: the class-weight sum of the cross-entropy's ``B * Q`` entries (each image's matched queries,
+        ``min(N_b, Q)``, weigh 1, the rest the no-object weight). ``"masks"``: the number of target masks (the
+        focal and dice losses' divisor, before the clamp to at least 1).
+
+        Args:
+            targets: ``B`` dicts with ``labels: (N_b,)``.
+            num_queries: ``Q``.
+        """
+        counts = [int(t["labels"].numel()) for t in targets]
+        matched = sum(min(n, num_queries) for n in counts)
+        return {"ce": matched + self.eos_coef * (len(counts) * num_queries - matched), "masks": float(sum(counts))}
+
     def forward(
-        self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, torch.Tensor]]
+        self,
+        outputs: Mapping[str, Any],
+        targets: Sequence[Mapping[str, torch.Tensor]],
+        *,
+        reduce_over_ranks: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Compute the unweighted losses.
 
@@ -218,16 +237,21 @@ class SetCriterion(nn.Module):
             outputs: ``{"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, h, w), "aux_outputs": [...]}``,
                 ``aux_outputs`` (optional) being a list of dicts with the same two keys.
             targets: ``B`` dicts ``{"labels": (N_b,), "masks": (N_b, H, W)}``.
+            reduce_over_ranks: average the number of target masks over the ranks under torch.distributed, as
+                the official criterion does. The engine's :func:`~zeroseg.engine.train.train_step` turns it off: it
+                normalises every term over the whole global batch itself (:meth:`normalisers`).
 
         Returns:
             ``loss_ce``, ``loss_mask``, ``loss_dice`` and, with deep supervision, ``loss_ce_i``,
-            ``loss_mask_i``, ``loss_dice_i`` for every auxiliary output ``i``.
+            ``loss_mask_i``, ``loss_dice_i`` for every auxiliary output ``i``. The cross-entropy terms are means over
+            the class weights (``normalisers()["ce"]``), the mask terms sums over masks divided by the number of
+            target masks (clamped to at least 1).
         """
         self._check_targets(outputs, targets)
         # Official: number of target masks in the batch, averaged over the ranks under torch.distributed (so
         # that every rank normalises by the same number), clamped to at least 1.
         num_masks = float(sum(int(t["labels"].numel()) for t in targets))
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if reduce_over_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             total = torch.tensor([num_masks], dtype=torch.float64)
             if dist.get_backend() == "nccl":
                 total = total.cuda()
@@ -245,6 +269,11 @@ class SetCriterion(nn.Module):
                 layer.update(self.loss_masks(aux, targets, aux_indices, num_masks))
                 losses.update({f"{k}_{i}": v for k, v in layer.items()})
         return losses
+
+    @staticmethod
+    def group(name: str) -> str:
+        """The :meth:`normalisers` group of loss term ``name``: ``"ce"`` or ``"masks"``."""
+        return "ce" if name.startswith("loss_ce") else "masks"
 
     def weighted(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Multiply each loss by its weight and drop the ones without a weight (as the official model does).
