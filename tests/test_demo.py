@@ -1,9 +1,12 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from zeroseg.demo import run_demo, summarize
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_report(tmp_path: Path) -> None:
     report = run_demo(out=tmp_path, seeds=[0], quick=True, progress=False)
     runs = json.loads((tmp_path / "report.json").read_text())
@@ -31,6 +34,7 @@ def test_summarize_mean_and_std() -> None:
     assert rows[1]["hiou_std"] == 0.0
 
 
+@pytest.mark.slow
 def test_quick_zegformer_demo_via_cli(tmp_path: Path) -> None:
     from zeroseg.cli import main
 
