@@ -54,7 +54,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,9 +71,9 @@ from zeroseg.methods import zegformer as zf
 from zeroseg.methods import zs3net
 from zeroseg.modules.mmd import mmd_loss
 
-ROOT = Path(__file__).resolve().parents[1]
-ZS3NET_CONFIG = ROOT / "configs" / "synthetic_zs3net.yaml"
-ZEGFORMER_CONFIG = ROOT / "configs" / "synthetic_zegformer.yaml"
+#: Packaged config names (zeroseg/configs/*.yaml); the options also take a YAML path.
+ZS3NET_CONFIG = "synthetic_zs3net"
+ZEGFORMER_CONFIG = "synthetic_zegformer"
 #: option -> (default, default under --quick)
 QUICK_DEFAULTS = {"steps": (10, 1), "warmup": (2, 0), "min_time": (1.0, 0.0), "batch": (None, 4)}
 

@@ -1,6 +1,7 @@
 """ZS-MMD recursion on the embedded benchmark: GloVe vs the random-embedding control, 3 seeds, per round.
 
-Each run is ``configs/synthetic_zs_mmd.yaml`` for one seed (the control: ``text.encoder=random:50:<seed>``).
+Each run is the packaged config ``synthetic_zs_mmd`` (``configs/synthetic_zs_mmd.yaml``) for one seed (the control:
+``text.encoder=random:50:<seed>``).
 With ``--from-demo DIR`` (the output of ``zeroseg demo --out DIR``) the segmenter, generator and classifier
 checkpoints of the demo's ZS3Net / control runs of that seed are copied first, so round 0 *is* the demo's
 ZS3Net and only the recursion is trained; without it every run trains ZS3Net from scratch.
@@ -20,7 +21,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic_zs_mmd.yaml"
+CONFIG = "synthetic_zs_mmd"  # packaged config name (zeroseg/configs/synthetic_zs_mmd.yaml)
 COPIED = ("segmenter", "generator", "classifier")
 
 

@@ -55,6 +55,7 @@ def test_no_object_flags(bench_inference):
     assert not bench_inference.no_object_flags(2, 10, 0.0, seed=1).any()
 
 
+@pytest.mark.slow
 def test_inference_quick_report(bench_inference, tmp_path):
     pytest.importorskip("open_clip")
     out = tmp_path / "inference.json"
@@ -127,6 +128,7 @@ def test_render_batch(bench_train):
     assert torch.equal(x2, x3) and torch.equal(y2, y3)
 
 
+@pytest.mark.slow
 def test_train_quick_report(bench_train, tmp_path):
     out = tmp_path / "train.json"
     assert bench_train.main(["--quick", "--out", str(out)]) == 0

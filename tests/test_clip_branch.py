@@ -139,6 +139,68 @@ def test_fused_semantic_inference_golden_with_calibration():
     assert raw.argmax(1).tolist() == [[[0, 2]]] and cal.argmax(1).tolist() == [[[2, 2]]]
 
 
+class _FixedSegments(torch.nn.Module):
+    """Stands in for the ZegFormer network: 2 queries with given segment logits and spatially constant masks."""
+
+    def __init__(self, pred_logits: torch.Tensor, mask_logits: list[float]) -> None:
+        super().__init__()
+        self.pred_logits = pred_logits
+        self.mask_logits = torch.tensor(mask_logits, dtype=torch.float64)
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, _, h, w = images.shape
+        masks = self.mask_logits.view(1, -1, 1, 1).expand(b, -1, h // 4, w // 4)
+        return {"pred_logits": self.pred_logits.expand(b, -1, -1), "pred_masks": masks}
+
+
+class _FixedClip:
+    """Stands in for the CLIP image branch: the given CLIP logits for every query, all queries encoded."""
+
+    def __init__(self, clip_logits: torch.Tensor) -> None:
+        self.clip_logits = clip_logits
+
+    def classify(
+        self, images: torch.Tensor, masks: torch.Tensor, pred_logits: torch.Tensor, text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, q = pred_logits.shape[:2]
+        return self.clip_logits.expand(b, -1, -1), torch.ones(b, q, dtype=torch.bool)
+
+
+def test_predictor_fuses_seen_and_unseen_classes_by_the_official_ensembling_rule():
+    """``ZegFormerPredictor.scores`` hands its seen and unseen ids to the fusion and the calibration the right way
+    round: class 2 (unseen) gets CLIP's own probability, classes 0 and 1 (seen) CLIP's seen-class mean."""
+    from zeroseg.methods.zegformer import ZegFormerPredictor
+
+    p_clip = [[1 / 16, 3 / 16, 27 / 64, 21 / 64], [1 / 54, 3 / 54, 1 / 8, 1 - 4 / 54 - 1 / 8]]
+    meta = {
+        "class_names": ["red striped", "blue dotted", "green checkered"],
+        "seen_ids": SEEN,
+        "unseen_ids": UNSEEN,
+        "inference": {"gzero_calibrate": 0.1, "ensemble_lambda": 2.0 / 3.0, "ensemble": "seen_unseen"},
+    }
+    # sigmoid of the mask logits: query 0 covers every pixel with 3/4, query 1 with 1/2.
+    model = _FixedSegments(_logits(P_SEG), [math.log(3.0), 0.0])
+    predictor = ZegFormerPredictor.from_parts(model, meta, torch.zeros(3, 4))
+    predictor.clip, predictor.clip_text = _FixedClip(_logits(p_clip)), torch.zeros(3, 4)
+    scores = predictor.scores(torch.zeros(1, 3, 8, 8))
+    assert scores.shape == (1, 3, 8, 8)
+    # Official ENSEMBLING, lambda 2/3. Seen c in {0, 1}: p_seg[c]**(2/3) * mean(p_clip[0], p_clip[1])**(1/3);
+    # unseen c = 2: p_seg[2]**(1/3) * p_clip[2]**(2/3). Query 0: mean seen CLIP (1/16 + 3/16)/2 = 1/8.
+    q0 = [(27 / 64) ** (2 / 3) * (1 / 8) ** (1 / 3), (1 / 8) ** (2 / 3) * (1 / 8) ** (1 / 3)]
+    q0 += [(1 / 64) ** (1 / 3) * (27 / 64) ** (2 / 3)]
+    # Query 1: mean seen CLIP (1/54 + 3/54)/2 = 1/27.
+    q1 = [(1 / 27) ** (2 / 3) * (1 / 27) ** (1 / 3), (8 / 27) ** (2 / 3) * (1 / 27) ** (1 / 3)]
+    q1 += [(8 / 27) ** (1 / 3) * (1 / 8) ** (2 / 3)]
+    # = [9/32, 1/8, 9/64] and [1/27, 4/27, 1/6]; scores = sum over queries of fused * sigmoid(mask), then the
+    # calibration 0.1 is subtracted from the seen classes only.
+    calibration = [0.1 if c in SEEN else 0.0 for c in range(3)]
+    expected = [3 / 4 * a + 1 / 2 * b - cal for a, b, cal in zip(q0, q1, calibration, strict=True)]
+    torch.testing.assert_close(scores[0, :, 0, 0], torch.tensor(expected, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert (scores == scores[..., :1, :1]).all()
+    # The unseen class wins: 27/256 + 1/12 = 0.189 against 27/128 + 1/54 - 0.1 = 0.129 for class 0.
+    assert scores.argmax(1).unique().tolist() == [2]
+
+
 # ------------------------------------------------------------------------------------------------ crops
 
 

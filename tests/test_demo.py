@@ -1,9 +1,12 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from zeroseg.demo import run_demo, summarize
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_report(tmp_path: Path) -> None:
     report = run_demo(out=tmp_path, seeds=[0], quick=True, progress=False)
     runs = json.loads((tmp_path / "report.json").read_text())
@@ -31,6 +34,7 @@ def test_summarize_mean_and_std() -> None:
     assert rows[1]["hiou_std"] == 0.0
 
 
+@pytest.mark.slow
 def test_quick_zegformer_demo_via_cli(tmp_path: Path) -> None:
     from zeroseg.cli import main
 
@@ -40,3 +44,99 @@ def test_quick_zegformer_demo_via_cli(tmp_path: Path) -> None:
     text = (tmp_path / "report.md").read_text()
     assert "ZegFormer on the embedded benchmark" in text and "inductive" in text
     assert (tmp_path / "panel.png").is_file()
+
+
+def _defaults_with(changes: dict) -> dict:
+    """The dataclass defaults with ``changes`` ({"section.key": value}) applied: a full expected config."""
+    from zeroseg.config import ExperimentConfig, to_dict
+
+    expected = to_dict(ExperimentConfig())
+    for key, value in changes.items():
+        *sections, leaf = key.split(".")
+        node = expected
+        for s in sections:
+            node = node[s]
+        assert leaf in node, key  # a typo here must not silently add a key
+        node[leaf] = value
+    return expected
+
+
+# The values README's demo numbers were measured with (the demo's former in-code copy of the synthetic configs),
+# written out by hand: every other field is the dataclass default.
+SYNTH_DATA = {
+    "data.dataset": "synthetic",
+    "data.split": "synthetic",
+    "data.crop_size": 64,
+    "data.scale_range": [0.75, 1.25],
+    "data.eval_batch_size": 32,
+    "data.synthetic.seed": 0,
+    "data.synthetic.image_size": 64,
+    "data.synthetic.num_train": 1000,
+    "data.synthetic.num_val": 200,
+    "text.encoder": "glove-6b-50d",
+}
+ZS3NET_DEMO = {
+    **SYNTH_DATA,
+    "method": "zs3net",
+    "data.unseen_policy": "drop",
+    "data.batch_size": 16,
+    "segmenter.backbone": "resnet18",
+    "segmenter.output_stride": 16,
+    "segmenter.epochs": 10,
+    "segmenter.lr": 0.01,
+    "segmenter.weight_decay": 1e-4,
+    "generator.epochs": 6,
+    "generator.lr": 1e-3,
+    "generator.pixels_per_class": 64,
+    "classifier.protocol": "strict",
+    "classifier.epochs": 4,
+    "classifier.lr": 0.01,
+    "selftrain.enabled": True,
+    "selftrain.top_percent": 25.0,
+    "selftrain.epochs": 2,
+    "selftrain.lr": 0.002,
+}
+ZEGFORMER_DEMO = {
+    **SYNTH_DATA,
+    "method": "zegformer",
+    "data.unseen_policy": "ignore",
+    "data.batch_size": 8,
+    "zegformer.backbone": "resnet18",
+    "zegformer.backbone_norm": "bn",
+    "zegformer.backbone_lr_mult": 1.0,
+    "zegformer.hidden_dim": 128,
+    "zegformer.mask_dim": 128,
+    "zegformer.num_queries": 20,
+    "zegformer.dec_layers": 3,
+    "zegformer.dim_feedforward": 512,
+    "zegformer.iters": 1000,
+    "zegformer.lr": 3e-4,
+    "zegformer.checkpoint_every": 250,
+}
+
+
+def test_demo_configs_resolve_to_the_measured_values(tmp_path: Path) -> None:
+    from zeroseg.config import to_dict
+    from zeroseg.demo import demo_config
+
+    def run(name: str, seed: int) -> dict:
+        return {
+            "name": name,
+            "seed": seed,
+            "out_dir": str(tmp_path / "runs"),
+            "data.root": str(tmp_path / "synthetic"),
+        }
+
+    zs3 = demo_config(tmp_path, 1, quick=False)
+    assert to_dict(zs3) == _defaults_with({**ZS3NET_DEMO, **run("zs3net_seed1", 1)})
+    ctrl = demo_config(tmp_path, 1, quick=False, control=True)
+    control_changes = {"text.encoder": "random:50:1", "selftrain.enabled": False}
+    assert to_dict(ctrl) == _defaults_with({**ZS3NET_DEMO, **run("control_seed1", 1), **control_changes})
+    zf = demo_config(tmp_path, 2, quick=False, method="zegformer")
+    assert to_dict(zf) == _defaults_with({**ZEGFORMER_DEMO, **run("zegformer_seed2", 2)})
+    zf_ctrl = demo_config(tmp_path, 2, quick=False, control=True, method="zegformer")
+    expected_zf_ctrl = {**ZEGFORMER_DEMO, **run("zegformer_control_seed2", 2), "text.encoder": "random:50:2"}
+    assert to_dict(zf_ctrl) == _defaults_with(expected_zf_ctrl)
+    quick = demo_config(tmp_path, 0, quick=True, method="zegformer")
+    assert quick.zegformer.iters == 4 and quick.data.synthetic.num_train == 64
+    assert quick.data.root == str(tmp_path / "synthetic_quick")

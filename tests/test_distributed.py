@@ -1,5 +1,7 @@
 """torch.distributed on CPU (gloo, 2 processes): sharded evaluation is exact, DDP training keeps ranks equal, and a
-2-rank run trains exactly like a single process on the same global batches."""
+2-rank run trains exactly like a single process on the same global batches.
+
+Every test that starts processes is marked ``slow`` (``pytest -m slow``; CI runs them); the sampler tests are fast."""
 
 import json
 import os
@@ -177,6 +179,7 @@ def test_shard_sampler_for_training_gives_every_rank_the_same_count() -> None:
     assert list(a) == order[0:6:2] and list(b) == order[1:6:2]
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_single_process(tmp_path: Path) -> None:
     cfg = _config(tmp_path, "selftrain.enabled=false")
     zs3net.train(cfg, progress=False)
@@ -188,6 +191,7 @@ def test_sharded_evaluation_equals_single_process(tmp_path: Path) -> None:
         assert sharded["metrics"] == json.loads(json.dumps(single["metrics"]))  # exact, every class
 
 
+@pytest.mark.slow
 def test_ddp_training_two_ranks(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), "train"), nprocs=2, join=True)
     run = tmp_path / "runs" / "ddp"
@@ -218,6 +222,7 @@ def exact_runs(tmp_path_factory) -> Path:
     return tmp
 
 
+@pytest.mark.slow
 def test_ddp_sync_bn_grad_accum_equals_single_process(exact_runs: Path) -> None:
     # Ranks hold different numbers of labelled pixels (rank 0's first micro-batch almost none): the loss is
     # normalised by the global count, so the averaged DDP gradient is the full batch's; SyncBatchNorm (CPU)
@@ -230,6 +235,7 @@ def test_ddp_sync_bn_grad_accum_equals_single_process(exact_runs: Path) -> None:
             torch.testing.assert_close(ddp[key], value, atol=1e-5, rtol=1e-5, msg=key)
 
 
+@pytest.mark.slow
 def test_distributed_run_matches_single_process(exact_runs: Path) -> None:
     """A distributed run gives the same weights and metrics as a single-process run on the same global batches."""
     runs = exact_runs / "runs"
@@ -258,6 +264,7 @@ def test_distributed_run_matches_single_process(exact_runs: Path) -> None:
         torch.testing.assert_close(ddp_st[key], value, atol=2e-5, rtol=1e-4, msg=key)
 
 
+@pytest.mark.slow
 def test_zegformer_trains_and_evaluates_on_two_ranks(tmp_path: Path) -> None:
     (tmp_path / "zf.yaml").write_text(
         f"""

@@ -230,6 +230,7 @@ def _dist_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> No
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_all_reduce_two_gloo_ranks(tmp_path) -> None:
     import torch.multiprocessing as mp

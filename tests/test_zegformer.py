@@ -141,6 +141,7 @@ def test_calibration_lowers_seen_scores_exactly(tiny_config):
     torch.testing.assert_close(b[:, unseen], a[:, unseen])
 
 
+@pytest.mark.slow  # trains twice (killed + uninterrupted); the method's fast smoke test stays
 def test_resume_after_kill_gives_the_same_weights(tiny_config, monkeypatch):
     cfg = load_config(_tiny_zegformer(tiny_config))
     full = zegformer.train(cfg, progress=False)

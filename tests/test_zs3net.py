@@ -92,6 +92,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, tiny_config, capsys) -> None:
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains twice (killed + uninterrupted); the method's fast smoke test stays
 def test_resume_after_kill_matches_uninterrupted_run(tiny_config, monkeypatch) -> None:
     cfg_path = tiny_config(**ZS5)
     straight = load_config(cfg_path, ["name=straight", "selftrain.enabled=false"])

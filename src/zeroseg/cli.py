@@ -216,13 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("train", help="run every stage of an experiment config (resumes after a kill)")
-    s.add_argument("config", help="YAML experiment file (configs/*.yaml)")
+    s.add_argument("config", help="packaged config name (voc_zs3net, ...; see configs/) or YAML experiment file")
     s.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. segmenter.epochs=2")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation set")
-    s.add_argument("config", help="YAML experiment file")
+    s.add_argument("config", help="packaged config name or YAML experiment file")
     s.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     s.add_argument("--checkpoint", required=True, help="checkpoint path (<run>/classifier.safetensors, ...)")
     s.add_argument("--json", help="where to write the metrics JSON (default: beside the checkpoint)")

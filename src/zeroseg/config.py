@@ -14,6 +14,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -417,25 +418,86 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+#: Package directory of the shipped experiment configs (``zeroseg/configs/*.yaml``, package data).
+PACKAGED_CONFIGS = "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names (file stems) of the experiment configs shipped inside the package, sorted."""
+    root = resources.files("zeroseg") / PACKAGED_CONFIGS
+    return sorted(f.name[: -len(".yaml")] for f in root.iterdir() if f.name.endswith(".yaml"))
+
+
+def packaged_config(name: str) -> Path:
+    """The file of the packaged config ``name`` (``voc_zs3net`` or ``voc_zs3net.yaml``).
+
+    Raises:
+        ZeroSegError: no such packaged config (the message lists the packaged names).
+    """
+    stem = name.removesuffix(".yaml")
+    names = packaged_configs()
+    if stem not in names:
+        raise ZeroSegError(f"{name}: no such config file or packaged config (packaged: {', '.join(names)})")
+    return Path(str(resources.files("zeroseg") / PACKAGED_CONFIGS / f"{stem}.yaml"))
+
+
+def resolve_config(spec: str | Path) -> Path:
+    """The YAML file meant by ``spec``: an existing file path, else the packaged config of that bare name.
+
+    ``voc_zs3net`` and ``voc_zs3net.yaml`` both name ``zeroseg/configs/voc_zs3net.yaml`` unless a file of that
+    name exists in the working directory (a local file wins).
+
+    Raises:
+        ZeroSegError: neither a file nor a packaged name (the message lists the packaged names).
+    """
+    p = Path(spec)
+    if p.is_file():
+        return p
+    if p.parent != Path("."):
+        names = ", ".join(packaged_configs())
+        raise ZeroSegError(f"{p}: config file not found (packaged configs, by bare name: {names})")
+    return packaged_config(p.name)
+
+
+def read_config_mapping(spec: str | Path) -> dict:
+    """The raw mapping of a config file or packaged config name (not validated; see :func:`resolve_config`)."""
+    p = resolve_config(spec)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ZeroSegError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ZeroSegError(f"{p}: the top level must be a mapping of config keys")
+    return data
+
+
+def default_run_name(config_stem: str, split: str) -> str:
+    """Run name of a config file that sets no ``name``: ``<file stem>_<split>`` (a split JSON file contributes its
+    stem), so that one file trained on several splits (``data.split=voc-zs3-k4``) writes one run directory per split
+    instead of resuming another split's checkpoints."""
+    split_part = Path(split).stem if split.endswith(".json") else split
+    return f"{config_stem}_{split_part}"
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML experiment file (or start from defaults), apply overrides, validate.
 
     Args:
-        path: YAML file, or None for the defaults.
+        path: YAML file, a packaged config name (``voc_zs3net``; :func:`packaged_configs`), or None for the
+            defaults.
         overrides: ``key.sub=value`` strings.
+
+    A file without a top-level ``name`` (the per-dataset configs whose split is chosen by ``data.split``) is named
+    by :func:`default_run_name` from the split after overrides; ``name=...`` in the overrides takes precedence.
     """
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ZeroSegError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ZeroSegError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ZeroSegError(f"{p}: the top level must be a mapping of config keys")
+        data = read_config_mapping(path)
     data = apply_overrides(data, overrides or [])
+    if path is not None and "name" not in data:
+        section = data.get("data")
+        split = section.get("split", DataConfig.split) if isinstance(section, dict) else DataConfig.split
+        data["name"] = default_run_name(resolve_config(path).stem, str(split))
     try:
         return from_dict(data)
     except ZeroSegError as e:
