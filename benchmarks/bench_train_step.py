@@ -63,8 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroseg.config import ExperimentConfig, load_config
-from zeroseg.data.build import IGNORE
-from zeroseg.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from zeroseg.data.io import IGNORE, IMAGENET_MEAN, IMAGENET_STD
 from zeroseg.data.synthetic import render_scene
 from zeroseg.engine.loop import poly_lambda, train_one_epoch
 from zeroseg.errors import ZeroSegError

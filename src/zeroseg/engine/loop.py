@@ -17,8 +17,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() on a DataLoader in __init__
 
-from zeroseg.data.build import collate
-from zeroseg.data.dataset import SegmentationDataset
+from zeroseg.data.io import SegmentationDataset, collate
 from zeroseg.engine.distributed import ShardSampler, all_reduce_sum, world_size
 from zeroseg.errors import ZeroSegError
 from zeroseg.metrics import ConfusionMatrix, compute_metrics

@@ -48,7 +48,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from tqdm import tqdm
 
 from zeroseg.config import ExperimentConfig, save_config
-from zeroseg.data.build import ZeroShotData, build_zero_shot_data
+from zeroseg.data.zero_shot import ZeroShotData, build_zero_shot_data
 from zeroseg.engine.checkpoint import checkpoint_exists, load_checkpoint, prefixed, save_checkpoint, unprefixed
 from zeroseg.engine.distributed import barrier, broadcast_state, init_distributed, is_main
 from zeroseg.engine.loop import RunResult, make_loader, seed_everything
