@@ -9,8 +9,9 @@ here returns live there. :func:`label_lut` is the one table that maps the first 
 everything it does not map becomes :data:`IGNORE`. For *training* labels, unseen classes are then handled by
 the configured :data:`UnseenPolicy`:
 
-- ``drop`` (ZS3Net's rule): training images that contain any unseen pixel are removed from the labelled
-  training set. They are kept aside, without labels, as the unlabelled pool that ZS5Net self-training reads.
+- ``drop`` (ZS3Net's rule, ``lbl_contains_unseen`` in valeoai/ZS3 ``zs3/dataloaders/datasets/base.py``):
+  training images that contain any unseen pixel are removed from the labelled training set. They are kept
+  aside as the unlabelled pool that ZS5Net self-training reads, with seen-only labels: no unseen ground truth.
 - ``ignore`` (SPNet/ZegFormer): unseen pixels become 255 and every image is kept.
 """
 
