@@ -62,8 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroseg.config import ExperimentConfig, load_config
-from zeroseg.data.build import IGNORE
-from zeroseg.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from zeroseg.data.io import IGNORE, IMAGENET_MEAN, IMAGENET_STD
 from zeroseg.data.synthetic import render_scene
 from zeroseg.engine.train import poly_lambda, split_batch, train_one_epoch, train_step
 from zeroseg.errors import ZeroSegError

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from zeroseg.data.build import build_zero_shot_data
+from zeroseg.data.zero_shot import build_zero_shot_data
 from zeroseg.demo import demo_config
 from zeroseg.methods.zegformer import ZegFormerPredictor
 

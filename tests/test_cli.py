@@ -88,6 +88,19 @@ def test_evaluate_folders_golden(tmp_path: Path, capsys) -> None:
     assert m["pixel_acc"] == pytest.approx(100 * 13 / 15, abs=0.01)
 
 
+def test_evaluate_spnet_split_ignores_background_and_scores_label_ids(tmp_path: Path) -> None:
+    # VOC 15/5 in dataset label ids: background (0) is ignored, person (15) seen, pottedplant (16) unseen.
+    _png(tmp_path / "gt" / "a.png", np.array([[0, 0, 15, 16]]))
+    _png(tmp_path / "pred" / "a.png", np.array([[15, 15, 15, 16]]))
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]
+    assert main([*args, "--split", "voc-spnet-15-5", "--gt-format", "raw", "--json", str(out)]) == 0
+    m = json.loads(out.read_text())["metrics"]
+    # Two scored pixels, both right; counting the background would give 2/4.
+    assert m["pixel_acc"] == pytest.approx(100.0)
+    assert m["seen_miou"] == pytest.approx(100.0) and m["unseen_miou"] == pytest.approx(100.0)
+
+
 def test_evaluate_missing_prediction_is_one_line(tmp_path: Path, capsys) -> None:
     _png(tmp_path / "gt" / "a.png", np.zeros((4, 4)))
     _png(tmp_path / "gt" / "b.png", np.zeros((4, 4)))

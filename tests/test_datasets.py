@@ -13,13 +13,9 @@ from PIL import Image
 from zeroseg.data import ade20k, coco_stuff, context, folder, voc
 from zeroseg.data.check import check_dataset, format_check_report
 from zeroseg.data.classes import SYNTHETIC_CLASSES, VOC_CLASSES, palette
-from zeroseg.data.dataset import (
-    SegmentationDataset,
-    build_dataset,
-    build_train_dataset,
-    get_reader,
-)
-from zeroseg.data.splits import get_split, train_label_map
+from zeroseg.data.io import SegmentationDataset, read_label_png
+from zeroseg.data.readers import build_dataset, get_reader
+from zeroseg.data.splits import get_split
 from zeroseg.data.transforms import (
     RandomCrop,
     RandomHorizontalFlip,
@@ -28,6 +24,7 @@ from zeroseg.data.transforms import (
     eval_transform,
     train_transform,
 )
+from zeroseg.data.zero_shot import label_lut
 from zeroseg.errors import ZeroSegError
 
 H, W = 6, 8
@@ -202,7 +199,7 @@ def test_folder_layout_and_split_json(tmp_path):
     assert folder.load_folder_split(root) is None
     (root / "split.json").write_text(json.dumps({"dataset": "shapes", "unseen": ["square"]}))
     split = folder.load_folder_split(root)
-    assert split.unseen_ids == (2,) and split.seen == ("bg", "circle")
+    assert split.unseen_label_ids == (2,) and split.seen == ("bg", "circle")
     (root / "classes.txt").write_text("a\nb\na\n")
     with pytest.raises(ZeroSegError, match="class 'a' listed twice"):
         folder.read_classes(root)
@@ -233,18 +230,28 @@ def test_segmentation_dataset_item_golden(tmp_path):
     assert image[:, 3, 3].tolist() == pytest.approx([2.2489, -2.0357, -1.8044], abs=0.05)
 
 
-def test_dataset_label_lut_and_train_policies(tmp_path):
-    _make_voc(tmp_path)  # train labels: cat (8), chair (9)
+def test_dataset_applies_label_lut_after_validation(tmp_path):
+    _make_voc(tmp_path)  # train labels: cat (8), chair (9) in a 255 ring on background
     s = get_split("voc-zs3-k6")  # unseen includes cat (8), not chair (9)
-    ds = build_dataset("voc", tmp_path, "train", label_lut=train_label_map(s))
+    ds = build_dataset("voc", tmp_path, "train", label_lut=label_lut(VOC_CLASSES, s.class_names, drop=s.unseen))
     assert set(ds[0][1].unique().tolist()) == {0, 255}
     assert set(ds[1][1].unique().tolist()) == {0, 9, 255}
-    kept = build_train_dataset("voc", tmp_path, "train", s, policy="ignore")
-    dropped = build_train_dataset("voc", tmp_path, "train", s, policy="drop")
-    assert len(kept) == 2
-    assert [x.stem for x in dropped.samples] == ["2007_000002"]
-    with pytest.raises(ZeroSegError, match="does not match the classes of 'voc'"):
-        build_train_dataset("voc", tmp_path, "train", get_split("synthetic"))
+    with pytest.raises(ZeroSegError, match=r"label_lut must have shape \(256,\)"):
+        build_dataset("voc", tmp_path, "train", label_lut=np.zeros(21, dtype=np.uint8))
+
+
+def test_read_label_png_16_bit_rule(tmp_path):
+    # 16-bit PNGs are read when every value is an id 0..255; anything wider is an error, never truncated.
+    Image.fromarray(np.array([[7, 255]], dtype=np.uint16)).save(tmp_path / "ok16.png")
+    out = read_label_png(tmp_path / "ok16.png")
+    assert out.dtype == np.uint8 and out.tolist() == [[7, 255]]
+    Image.fromarray(np.array([[300, 2]], dtype=np.uint16)).save(tmp_path / "wide.png")
+    with pytest.raises(ZeroSegError, match=r"wide\.png: label id 300 does not fit in 0\.\.255") as info:
+        read_label_png(tmp_path / "wide.png")
+    assert "\n" not in str(info.value)
+    Image.fromarray(np.zeros((2, 2, 4), dtype=np.uint8), mode="RGBA").save(tmp_path / "rgba.png")
+    with pytest.raises(ZeroSegError, match=r"rgba\.png: image mode RGBA is not a label map"):
+        read_label_png(tmp_path / "rgba.png")
 
 
 def test_dataset_errors_name_the_file(tmp_path):

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zeroseg.engine.evaluation import evaluate_label_folders, format_metrics_table, read_label_png
+from zeroseg.data.io import read_label_png
+from zeroseg.engine.evaluation import evaluate_label_folders, format_metrics_table
 from zeroseg.errors import ZeroSegError
 
 NAMES = ["sky", "cat", "dog"]
@@ -74,8 +75,12 @@ def test_read_label_png_reads_palette_indices(tmp_path: Path) -> None:
     _palette_png(tmp_path / "p.png", GT_A)
     arr = read_label_png(tmp_path / "p.png")
     assert arr.tolist() == GT_A
+    # One 16-bit rule for every label reader: ids 0..255 are read, a wider id is a one-line error.
+    Image.fromarray(np.array([[254, 2]], dtype=np.uint16)).save(tmp_path / "wide.png")
+    assert read_label_png(tmp_path / "wide.png").tolist() == [[254, 2]]
     Image.fromarray(np.array([[300, 2]], dtype=np.uint16)).save(tmp_path / "wide.png")
-    assert read_label_png(tmp_path / "wide.png").tolist() == [[300, 2]]
+    with pytest.raises(ZeroSegError, match=r"wide\.png: label id 300 does not fit in 0\.\.255"):
+        read_label_png(tmp_path / "wide.png")
 
 
 def test_gt_reader_maps_dataset_ids(folders: tuple[Path, Path], tmp_path: Path) -> None:

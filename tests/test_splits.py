@@ -26,13 +26,10 @@ from zeroseg.data.classes import (
 from zeroseg.data.splits import (
     SPLITS,
     Split,
-    check_policy,
     get_split,
-    image_has_unseen,
     list_splits,
     load_split,
     make_split,
-    train_label_map,
 )
 from zeroseg.errors import ZeroSegError
 
@@ -156,7 +153,7 @@ def test_every_declared_split_covers_its_dataset(name):
     assert not set(s.seen) & set(s.unseen)
     assert set(s.seen) | set(s.unseen) == set(s.class_names)
     assert len(s.seen) + len(s.unseen) == len(s.class_names)
-    assert sorted(s.seen_ids + s.unseen_ids + s.ignored_ids) == list(range(s.num_labels))
+    assert sorted(s.seen_label_ids + s.unseen_label_ids + s.ignored_label_ids) == list(range(s.num_labels))
     assert s.unseen  # every declared split has something to generalise to
 
 
@@ -166,7 +163,7 @@ def test_zs3_voc_splits_match_official_ids():
     for k in (2, 4, 6, 8, 10):
         s = get_split(f"voc-zs3-k{k}")
         assert s.dataset == "voc" and s.background == "background" and not s.ignore_background
-        assert s.unseen_ids == tuple(sorted(official[:k]))
+        assert s.unseen_label_ids == tuple(sorted(official[:k]))
         assert "background" in s.seen
         assert len(s.seen) == 21 - k
     assert get_split("voc-zs3-k2").unseen == ("cow", "motorbike")
@@ -182,19 +179,19 @@ def test_zs3_context_splits():
     }  # fmt: skip
     assert "background" in s10.seen
     # alphabetical context60 ids: cow=20, motorbike=34
-    assert s2.unseen_ids == (20, 34)
+    assert s2.unseen_label_ids == (20, 34)
 
 
 def test_spnet_voc_and_coco_stuff_splits():
     s = get_split("voc-spnet-15-5")
     assert s.ignore_background and s.background == "background"
-    assert s.unseen_ids == (16, 17, 18, 19, 20)
-    assert s.seen_ids == tuple(range(1, 16))
+    assert s.unseen_label_ids == (16, 17, 18, 19, 20)
+    assert s.seen_label_ids == tuple(range(1, 16))
     assert len(s.class_names) == 20 and "background" not in s.class_names
-    assert s.ignored_ids == (0,)
+    assert s.ignored_label_ids == (0,)
     c = get_split("coco-stuff-156-15")
     assert len(c.seen) == 156 and len(c.unseen) == 15
-    assert c.unseen_ids == (19, 23, 28, 29, 36, 51, 76, 88, 94, 112, 133, 136, 137, 157, 160)
+    assert c.unseen_label_ids == (19, 23, 28, 29, 36, 51, 76, 88, 94, 112, 133, 136, 137, 157, 160)
 
 
 def test_open_and_synthetic_splits():
@@ -204,7 +201,7 @@ def test_open_and_synthetic_splits():
     assert len(get_split("voc-open").unseen) == 20
     assert len(get_split("context60-open").unseen) == 60
     syn = get_split("synthetic")
-    assert syn.unseen_ids == (5, 9, 10, 15)
+    assert syn.unseen_label_ids == (5, 9, 10, 15)
     assert len(syn.seen) == 12
     assert "synthetic" in list_splits() and list_splits() == sorted(list_splits())
 
@@ -217,7 +214,7 @@ def test_get_split_unknown_suggests_close_names():
 def test_make_split_resolves_aliases():
     s = make_split("mine", "voc", ["airplane", "tv"], background="background")
     assert s.unseen == ("aeroplane", "tvmonitor")
-    assert s.unseen_ids == (1, 20)
+    assert s.unseen_label_ids == (1, 20)
 
 
 @pytest.mark.parametrize(
@@ -264,7 +261,7 @@ def test_load_split_custom_dataset(tmp_path):
     path = tmp_path / "shapes.json"
     path.write_text(json.dumps(data))
     s = load_split(path)
-    assert s.seen == ("bg", "circle") and s.unseen_ids == (2,)
+    assert s.seen == ("bg", "circle") and s.unseen_label_ids == (2,)
     assert s.to_json()["classes"] == ["bg", "circle", "square"]
     # Without "classes" the class list must come from the caller.
     del data["classes"]
@@ -287,31 +284,3 @@ def test_load_split_errors_name_the_file(tmp_path):
         load_split(wrong)
     with pytest.raises(ZeroSegError, match="class list differs"):
         load_split("synthetic", class_names=["a", "b"])
-
-
-def test_train_label_map_golden():
-    s = get_split("voc-zs3-k2")
-    lut = train_label_map(s, 21)
-    assert lut.shape == (256,) and lut.dtype == np.uint8
-    assert lut[0] == 0 and lut[9] == 9 and lut[20] == 20
-    assert lut[10] == 255 and lut[14] == 255  # cow, motorbike
-    assert lut[21] == 255 and lut[255] == 255
-    label = np.array([[0, 10, 14], [20, 255, 3]], dtype=np.uint8)
-    assert lut[label].tolist() == [[0, 255, 255], [20, 255, 3]]
-
-    sp = get_split("voc-spnet-15-5")
-    lut = train_label_map(sp)
-    assert lut[0] == 255 and lut[15] == 15 and lut[16] == 255
-    compact = train_label_map(sp, compact=True)
-    assert compact[:22].tolist() == [255] + list(range(15)) + [255] * 6
-    with pytest.raises(ZeroSegError, match="num_labels 5 outside 21..255"):
-        train_label_map(s, 5)
-
-
-def test_image_has_unseen_and_policy():
-    s = get_split("voc-zs3-k2")
-    assert image_has_unseen(np.array([[0, 10], [255, 1]], dtype=np.uint8), s)
-    assert not image_has_unseen(np.array([[0, 9], [255, 1]], dtype=np.uint8), s)
-    assert check_policy("drop") == "drop" and check_policy("ignore") == "ignore"
-    with pytest.raises(ZeroSegError, match="unknown unseen-class policy 'skip'"):
-        check_policy("skip")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from zeroseg.cli import main
-from zeroseg.data.dataset import build_dataset
+from zeroseg.data.readers import build_dataset
 from zeroseg.data.splits import load_split
 from zeroseg.data.synthetic import COLOURS, SynthConfig, render_scene, write_benchmark
 from zeroseg.errors import ZeroSegError

@@ -14,6 +14,7 @@ import torch
 
 from zeroseg.errors import ZeroSegError
 from zeroseg.text import (
+    class_embeddings,
     cosine_similarity_matrix,
     format_similarity,
     get_encoder,
@@ -288,6 +289,20 @@ def test_tiny_clip_single_template_and_custom_list(tiny_clip):
     torch.testing.assert_close(single, expected, atol=1e-5, rtol=0)
     custom = get_encoder(spec, templates=["a {}.", "the {}!"]).embed(["dog"])[0]
     torch.testing.assert_close(custom, _reference(tiny_clip["model"], ["a dog.", "the dog!"]), atol=1e-5, rtol=0)
+
+
+def test_class_embeddings_reads_dataset_spellings_and_templates_only_for_clip(tiny_clip):
+    # Dataset spellings become words first: "pottedplant" is embedded as "potted plant".
+    emb = class_embeddings("random:8:3", ["pottedplant", "cat"])
+    torch.testing.assert_close(emb, random_encoder(8, 3).embed(["potted plant", "cat"]), atol=0, rtol=0)
+    # A template set is ignored by non-CLIP encoders (they accept no template option) ...
+    with_templates = class_embeddings("random:8:3", ["cat"], templates="single", normalize=True)
+    torch.testing.assert_close(with_templates, emb[1:], atol=1e-6, rtol=0)
+    # ... and reaches a CLIP encoder.
+    spec = f"clip:{tiny_clip['cfg']}:{tiny_clip['st']}"
+    single = class_embeddings(spec, ["tvmonitor"], templates="single")[0]
+    expected = _reference(tiny_clip["model"], ["A photo of a tv monitor in the scene"])
+    torch.testing.assert_close(single, expected, atol=1e-5, rtol=0)
 
 
 def test_clip_refuses_unsafe_or_mismatched_checkpoints(tiny_clip):

@@ -74,26 +74,27 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from zeroseg.data.dataset import get_reader
+    from zeroseg.data.io import read_label_png
+    from zeroseg.data.readers import get_reader
     from zeroseg.data.splits import load_split
+    from zeroseg.data.zero_shot import label_lut
     from zeroseg.engine.evaluation import evaluate_label_folders, format_metrics_table
 
     split = load_split(args.split)
     names = tuple(split.dataset_class_names)
-    # Scores are kept in the dataset's own id space, the one other codebases write predictions in; a
+    # Scores are kept in the dataset's own label ids, the ones other codebases write predictions in; a
     # background that the split ignores (SPNet/ZegFormer VOC) becomes 255 in the ground truth.
-    lut = np.arange(256, dtype=np.uint8)
-    lut[list(split.ignored_ids)] = 255
+    lut = label_lut(names, names, drop=[names[i] for i in split.ignored_label_ids])
     reader = get_reader(split.dataset if args.gt_format == "dataset" else "folder")
-    if args.gt_format == "raw":
-        from zeroseg.data.dataset import load_png_indices as read_gt
-    else:
-        read_gt = reader.read_label
+    read_gt = read_label_png if args.gt_format == "raw" else reader.read_label
 
     result = evaluate_label_folders(
-        args.pred, args.gt, names, split.seen_ids, split.unseen_ids, gt_reader=lambda p: lut[read_gt(p)]
+        args.pred,
+        args.gt,
+        names,
+        split.seen_label_ids,
+        split.unseen_label_ids,
+        gt_reader=lambda p: lut[read_gt(p)],
     )
     print(format_metrics_table(result, title=f"{args.pred} vs {args.gt} ({split.name})"))
     if args.json:
@@ -136,7 +137,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = evaluate_checkpoint(cfg, args.checkpoint, progress=not args.quiet)
-    title = f"{result.get('variant', result['method'])} ({result['protocol']} protocol{', transductive' if result['transductive'] else ''})"
+    transductive = ", transductive" if result["transductive"] else ""
+    title = f"{result.get('variant', result['method'])} ({result['protocol']} protocol{transductive})"
     print(format_metrics_table(result["metrics"], title=title))
     out = args.json or str(Path(args.checkpoint).with_suffix("")) + ".eval.json"
     _write_json(out, result)

@@ -212,7 +212,7 @@ def _markdown(runs: list[dict], seeds: list[int], total: float, quick: bool, out
 
 def _panels(out: Path, seed: int, quick: bool, method: str = "zs3net") -> None:
     """Image | ground truth | each model | control on a few validation images with unseen classes."""
-    from zeroseg.data.build import build_zero_shot_data
+    from zeroseg.data.zero_shot import build_zero_shot_data
     from zeroseg.methods import load_predictor
     from zeroseg.visualize import denormalize, save_panel
 

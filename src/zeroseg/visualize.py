@@ -14,14 +14,12 @@ from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from zeroseg.data.classes import palette  # noqa: E402
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
-IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+from zeroseg.data.io import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def denormalize(image_chw: np.ndarray) -> np.ndarray:
     """(3,H,W) ImageNet-normalised float -> (H,W,3) uint8."""
-    img = image_chw.transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+    img = image_chw.transpose(1, 2, 0) * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zeroseg.data.dataset import Sample, find_dataset_dir, image_folder_pair, load_png_indices
+from zeroseg.data.io import Sample, find_dataset_dir, image_folder_pair, read_label_png
 from zeroseg.errors import ZeroSegError
 
 _NESTED = ("ADEChallengeData2016", "ade/ADEChallengeData2016")
@@ -44,7 +44,7 @@ def list_samples(root: str | Path, split: str) -> list[Sample]:
 
 def read_label(path: str | Path) -> np.ndarray:
     """ADE20K label as 150-class ids: 0 -> 255, k -> k-1, 255 -> 255. Returns (H, W) uint8."""
-    raw = load_png_indices(Path(path))
+    raw = read_label_png(Path(path))
     out = raw - np.uint8(1)  # uint8 wrap-around turns 0 into 255
     out[raw == 255] = 255
     return out

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from zeroseg.data.classes import IGNORE_INDEX
-from zeroseg.data.dataset import get_reader, load_image
+from zeroseg.data.io import IGNORE, load_image
+from zeroseg.data.readers import get_reader
 from zeroseg.errors import ZeroSegError
 
 MAX_PROBLEMS = 1000
@@ -26,7 +26,7 @@ def check_dataset(
     one line each, naming the file.
 
     Args:
-        dataset: dataset key (see :func:`zeroseg.data.dataset.build_dataset`).
+        dataset: dataset key (see :func:`zeroseg.data.readers.build_dataset`).
         root: dataset root.
         split: data split.
         class_names: override the class list (must have the same length as the reader's).
@@ -77,7 +77,7 @@ def check_dataset(
                 )
                 ok = False
             hist = np.bincount(label.ravel(), minlength=256)
-            bad_ids = [i for i in np.flatnonzero(hist) if i >= num_classes and i != IGNORE_INDEX]
+            bad_ids = [i for i in np.flatnonzero(hist) if i >= num_classes and i != IGNORE]
             if bad_ids:
                 shown = ", ".join(str(int(i)) for i in bad_ids[:5])
                 report(f"{sample.label_path}: label id(s) {shown} outside 0..{num_classes - 1} ({dataset})")
@@ -93,7 +93,7 @@ def check_dataset(
         "num_images": len(samples),
         "num_ok": num_ok,
         "pixel_counts": {name: int(counts[i]) for i, name in enumerate(names)},
-        "ignore_pixels": int(counts[IGNORE_INDEX]),
+        "ignore_pixels": int(counts[IGNORE]),
         "num_problems": num_problems,
         "problems": problems,
     }

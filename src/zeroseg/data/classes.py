@@ -28,11 +28,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from zeroseg.data.io import IGNORE
 from zeroseg.data.synthetic import SynthConfig
 from zeroseg.errors import ZeroSegError
-
-IGNORE_INDEX = 255
-"""Label value meaning "not annotated / do not score"."""
 
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -89,7 +87,7 @@ def coco_stuff_lut() -> np.ndarray:
     Returns:
         lut: (256,) uint8; ``lut[raw]`` is the 171-class id, 255 for unlabeled and unused raw ids.
     """
-    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    lut = np.full(256, IGNORE, dtype=np.uint8)
     for raw, train_id in COCO_STUFF_RAW_TO_171.items():
         lut[raw] = train_id
     return lut

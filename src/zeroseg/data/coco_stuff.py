@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from zeroseg.data.classes import coco_stuff_lut
-from zeroseg.data.dataset import Sample, find_dataset_dir, image_folder_pair, load_png_indices
+from zeroseg.data.io import Sample, find_dataset_dir, image_folder_pair, read_label_png
 from zeroseg.errors import ZeroSegError
 
 _NESTED = ("coco_stuff164k", "coco_stuff", "coco-stuff")
@@ -60,7 +60,7 @@ def list_samples(root: str | Path, split: str) -> list[Sample]:
 def read_label(path: str | Path) -> np.ndarray:
     """COCO-Stuff label as 171-class ids (255 = ignore). Returns (H, W) uint8."""
     path = Path(path)
-    raw = load_png_indices(path)
+    raw = read_label_png(path)
     if path.stem.endswith(_CONVERTED_SUFFIX):
         return raw
     return _LUT[raw]

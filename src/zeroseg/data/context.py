@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zeroseg.data.dataset import Sample, find_dataset_dir, load_png_indices, read_id_list
+from zeroseg.data.io import Sample, find_dataset_dir, read_id_list, read_label_png
 from zeroseg.errors import ZeroSegError
 
 _NESTED = ("VOC2010", "VOCdevkit/VOC2010")
@@ -52,12 +52,12 @@ def list_samples(root: str | Path, split: str) -> list[Sample]:
 
 def read_label_60(path: str | Path) -> np.ndarray:
     """Context label as 60-class ids (0 = background, 255 = ignore). Returns (H, W) uint8."""
-    return load_png_indices(Path(path))
+    return read_label_png(Path(path))
 
 
 def read_label_59(path: str | Path) -> np.ndarray:
     """Context label as 59-class ids: background and 255 -> 255, k -> k-1. Returns (H, W) uint8."""
-    raw = load_png_indices(Path(path))
+    raw = read_label_png(Path(path))
     out = raw - np.uint8(1)  # uint8 wrap-around turns 0 into 255 already
     out[raw == 255] = 255
     return out

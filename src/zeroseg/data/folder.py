@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from zeroseg.data.classes import SYNTHETIC_CLASSES
-from zeroseg.data.dataset import Sample, image_folder_pair, load_png_indices
+from zeroseg.data.io import Sample, image_folder_pair, read_label_png
 from zeroseg.data.splits import Split, load_split
 from zeroseg.errors import ZeroSegError
 
@@ -108,4 +108,4 @@ def list_samples(root: str | Path, split: str) -> list[Sample]:
 
 def read_label(path: str | Path) -> np.ndarray:
     """Raw id label (0..C-1, 255 = ignore). Returns (H, W) uint8."""
-    return load_png_indices(Path(path))
+    return read_label_png(Path(path))

@@ -1,4 +1,4 @@
-"""Zero-shot seen/unseen class splits and the training-label policy for unseen classes.
+"""Zero-shot seen/unseen class splits, by class name.
 
 Declared splits and where their class lists come from:
 
@@ -24,10 +24,9 @@ Declared splits and where their class lists come from:
 * ``synthetic`` -- the embedded benchmark: unseen red dotted, green checkered, blue striped, yellow checkered
   (:data:`zeroseg.data.synthetic.DEFAULT_UNSEEN`).
 
-Unseen classes in training labels: ``UnseenPolicy`` is ``"ignore"`` (ZegFormer/SPNet: unseen pixels
-become 255 and the image is kept) or ``"drop"`` (ZS3Net, ``lbl_contains_unseen`` in
-``zs3/dataloaders/datasets/base.py``: any training image with an unseen pixel is removed). Under both,
-:func:`train_label_map` gives the 255-mapping LUT; :func:`image_has_unseen` decides the drop.
+A split speaks in *dataset label ids* (``Split.seen_label_ids`` / ``unseen_label_ids`` / ``ignored_label_ids``,
+indices of ``dataset_class_names``). How its unseen classes are kept out of training labels (the ``drop`` and
+``ignore`` policies) and the map into the model's class indices are :mod:`zeroseg.data.zero_shot`.
 """
 
 from __future__ import annotations
@@ -37,16 +36,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-
-from zeroseg.data.classes import DATASET_CLASSES, IGNORE_INDEX, dataset_classes, resolve_class_name
+from zeroseg.data.classes import DATASET_CLASSES, dataset_classes, resolve_class_name
 from zeroseg.data.synthetic import DEFAULT_UNSEEN
 from zeroseg.errors import ZeroSegError
-
-UnseenPolicy = Literal["ignore", "drop"]
-UNSEEN_POLICIES: tuple[str, ...] = ("ignore", "drop")
 
 
 @dataclass(frozen=True)
@@ -142,20 +136,20 @@ class Split:
         return len(self.dataset_class_names)
 
     @property
-    def seen_ids(self) -> tuple[int, ...]:
-        """Ids of the seen classes in the dataset label space, ascending."""
+    def seen_label_ids(self) -> tuple[int, ...]:
+        """Dataset label ids of the seen classes, ascending (not model class indices, see ``zero_shot``)."""
         seen = set(self.seen)
         return tuple(i for i, c in enumerate(self.dataset_class_names) if c in seen)
 
     @property
-    def unseen_ids(self) -> tuple[int, ...]:
-        """Ids of the unseen classes in the dataset label space, ascending."""
+    def unseen_label_ids(self) -> tuple[int, ...]:
+        """Dataset label ids of the unseen classes, ascending."""
         unseen = set(self.unseen)
         return tuple(i for i, c in enumerate(self.dataset_class_names) if c in unseen)
 
     @property
-    def ignored_ids(self) -> tuple[int, ...]:
-        """Dataset ids that are neither trained nor scored (the ignored background, if any)."""
+    def ignored_label_ids(self) -> tuple[int, ...]:
+        """Dataset label ids that are neither trained nor scored (the ignored background, if any)."""
         if not self.ignore_background:
             return ()
         return (self.dataset_class_names.index(self.background),)  # type: ignore[arg-type]
@@ -366,46 +360,3 @@ def load_split(path_or_name: str | Path, class_names: Sequence[str] | None = Non
             f"the given {len(class_names)} class names"
         )
     return split
-
-
-def train_label_map(split: Split, num_labels: int | None = None, *, compact: bool = False) -> np.ndarray:
-    """Lookup table that turns dataset labels into training labels (mmseg-style label map).
-
-    Unseen ids and an ignored background become 255; ids >= ``num_labels`` become 255; 255 stays 255.
-    With ``compact=False`` seen ids keep their value; with ``compact=True`` the seen ids are renumbered
-    0..S-1 in dataset order (for a classifier that only has seen outputs).
-
-    Args:
-        split: the zero-shot split.
-        num_labels: size of the dataset label space; defaults to ``split.num_labels``.
-        compact: renumber seen ids contiguously.
-
-    Returns:
-        lut: (256,) uint8; apply as ``lut[label]`` to a (H, W) uint8 label map.
-    """
-    n = split.num_labels if num_labels is None else int(num_labels)
-    if not split.num_labels <= n <= 255:
-        raise ZeroSegError(f"train_label_map: num_labels {n} outside {split.num_labels}..255 for split '{split.name}'")
-    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for new_id, old_id in enumerate(split.seen_ids):
-        lut[old_id] = new_id if compact else old_id
-    return lut
-
-
-def image_has_unseen(label: np.ndarray, split: Split) -> bool:
-    """Whether a dataset-space label map contains any unseen-class pixel (the ``"drop"`` policy test).
-
-    Args:
-        label: (H, W) integer label map in the dataset label space (255 = ignore).
-        split: the zero-shot split.
-    """
-    if not split.unseen_ids:
-        return False
-    return bool(np.isin(np.asarray(label), np.asarray(split.unseen_ids)).any())
-
-
-def check_policy(policy: str) -> UnseenPolicy:
-    """Validate an unseen-class policy name (``"ignore"`` or ``"drop"``)."""
-    if policy not in UNSEEN_POLICIES:
-        raise ZeroSegError(f"unknown unseen-class policy '{policy}'; choose 'ignore' or 'drop'")
-    return policy  # type: ignore[return-value]

@@ -3,7 +3,7 @@
 Every transform is a callable ``t(image, label, generator=None) -> (image, label)`` with
 ``image: (3, H, W)`` float and ``label: (H, W)`` int64 (255 = ignore). Randomness comes only from the
 ``torch.Generator`` passed in (or torch's global RNG when it is None), so a seeded generator reproduces
-the exact same crop/scale/flip. :class:`~zeroseg.data.dataset.SegmentationDataset` applies the transform
+the exact same crop/scale/flip. :class:`~zeroseg.data.io.SegmentationDataset` applies the transform
 to the [0, 1] image and normalises afterwards, so the factories below do not include :class:`Normalize`;
 use it only when composing a pipeline for a dataset built with ``normalize=False``.
 """
@@ -15,8 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from zeroseg.data.classes import IGNORE_INDEX
-from zeroseg.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from zeroseg.data.io import IGNORE, IMAGENET_MEAN, IMAGENET_STD
 from zeroseg.errors import ZeroSegError
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -115,7 +114,7 @@ class RandomCrop:
         label_pad: fill value for padded label pixels (255 = ignore).
     """
 
-    def __init__(self, crop_size: int | Sequence[int], image_pad: float = 0.0, label_pad: int = IGNORE_INDEX) -> None:
+    def __init__(self, crop_size: int | Sequence[int], image_pad: float = 0.0, label_pad: int = IGNORE) -> None:
         self.crop_size = _pair_size(crop_size, "RandomCrop")
         self.image_pad = float(image_pad)
         self.label_pad = int(label_pad)

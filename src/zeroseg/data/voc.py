@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from zeroseg.data.classes import palette
-from zeroseg.data.dataset import Sample, find_dataset_dir, load_png_indices, read_id_list
+from zeroseg.data.io import Sample, find_dataset_dir, read_id_list, read_label_png
 from zeroseg.errors import ZeroSegError
 
 _NESTED = ("VOC2012", "VOCdevkit/VOC2012")
@@ -94,11 +94,11 @@ def read_label(path: str | Path) -> np.ndarray:
         try:
             with Image.open(path) as img:
                 is_rgb = img.mode == "RGB"
-        except Exception:  # noqa: BLE001 - load_png_indices reports decode errors with the file name
+        except Exception:  # noqa: BLE001 - read_label_png reports decode errors with the file name
             is_rgb = False
         if is_rgb:
             return _rgb_label_to_ids(path)
-    return load_png_indices(path)
+    return read_label_png(path)
 
 
 def _rgb_label_to_ids(path: Path) -> np.ndarray:

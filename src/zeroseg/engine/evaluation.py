@@ -1,10 +1,10 @@
 """Evaluate a folder of predicted label maps against a folder of ground-truth label maps.
 
 Both folders hold one PNG per image, matched by file stem (``2007_000033.png`` <-> ``2007_000033.png``).
-Pixel values are raw class ids: palette (``P``) PNGs are read as their indices, never as colours, and
-grayscale (``L``) or 16-bit (``I;16``/``I``) PNGs as their values. Ground-truth pixels equal to
-``ignore_index`` (255) are skipped. Every problem with the user's files is a one-line
-:class:`~zeroseg.errors.ZeroSegError` naming the file.
+Pixel values are raw class ids, read by :func:`zeroseg.data.io.read_label_png` (the one label decoder): palette
+(``P``) PNGs as their indices, never as colours, grayscale (``L``) PNGs as their values, 16/32-bit PNGs as their
+values when those are ids 0..255. Ground-truth pixels equal to ``ignore_index`` (255) are skipped. Every
+problem with the user's files is a one-line :class:`~zeroseg.errors.ZeroSegError` naming the file.
 """
 
 from __future__ import annotations
@@ -16,49 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from zeroseg.data.io import read_label_png
 from zeroseg.errors import ZeroSegError
 from zeroseg.metrics import ConfusionMatrix, LabelRangeError
 
-__all__ = ["evaluate_label_folders", "format_metrics_table", "read_label_png"]
+__all__ = ["evaluate_label_folders", "format_metrics_table"]
 
-#: PIL modes whose pixel values are class ids. RGB(A) images are colour renderings, not label maps.
-_LABEL_MODES = frozenset({"P", "L", "I", "I;16", "I;16L", "I;16B", "I;16N"})
 _MAX_LISTED = 5
 
 GtReader = Callable[[Path], "np.ndarray | torch.Tensor"]
-
-
-def read_label_png(path: Path) -> np.ndarray:
-    """Read a label PNG as raw ids.
-
-    Args:
-        path: a palette (P), grayscale (L) or 16/32-bit integer (I;16 / I) PNG.
-
-    Returns:
-        (H, W) integer array of class ids (palette indices for P mode).
-
-    Raises:
-        ZeroSegError: unreadable file, or a colour/alpha mode that does not store ids.
-    """
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            if mode not in _LABEL_MODES:
-                raise ZeroSegError(
-                    f"{path}: image mode {mode} is not a label map; save class ids as a palette (P) or "
-                    "grayscale (L) PNG"
-                )
-            # np.asarray on a P image yields the indices, which is exactly what we want.
-            arr = np.asarray(img)
-    except ZeroSegError:
-        raise
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ZeroSegError(f"{path}: cannot read image ({exc})") from exc
-    if arr.ndim != 2:
-        raise ZeroSegError(f"{path}: expected a single-channel label map, got array shape {arr.shape}")
-    return arr
 
 
 def _pngs_by_stem(folder: Path, what: str) -> dict[str, Path]:

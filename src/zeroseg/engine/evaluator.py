@@ -78,7 +78,7 @@ def evaluate_predictor(
     device: torch.device | str,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Metrics of ``predict`` on ``data.val`` (a :class:`~zeroseg.data.build.ZeroShotData`), sharded over the ranks.
+    """Metrics of ``predict`` on ``data.val`` (a :class:`~zeroseg.data.zero_shot.ZeroShotData`), sharded over the ranks.
 
     Args:
         predict: images on ``device`` -> labels (B, H, W) in ``data.class_names``' indices.

@@ -9,8 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from zeroseg.data.build import collate
-from zeroseg.data.dataset import SegmentationDataset
+from zeroseg.data.io import SegmentationDataset, collate
 from zeroseg.engine.distributed import ShardSampler, world_size
 
 

@@ -53,9 +53,9 @@ def join(cfg: Any) -> Any:
 
 
 def prepare_data(data_cfg: Any, *, progress: bool) -> Any:
-    """The :class:`~zeroseg.data.build.ZeroShotData` of ``data_cfg``; rank 0 builds it first (the synthetic
+    """The :class:`~zeroseg.data.zero_shot.ZeroShotData` of ``data_cfg``; rank 0 builds it first (the synthetic
     benchmark is written on first use) while the other ranks wait, then they read what it wrote."""
-    from zeroseg.data.build import build_zero_shot_data
+    from zeroseg.data.zero_shot import build_zero_shot_data
 
     if not is_main():
         barrier()
@@ -117,7 +117,7 @@ class Run:
         return self.dir / "metrics.json"
 
     def data(self) -> Any:
-        """The run's :class:`~zeroseg.data.build.ZeroShotData` (:func:`prepare_data`)."""
+        """The run's :class:`~zeroseg.data.zero_shot.ZeroShotData` (:func:`prepare_data`)."""
         return prepare_data(self.cfg.data, progress=self.progress)
 
     def done(self, stage: str) -> bool:

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from zeroseg.data.io import IMAGENET_MEAN, IMAGENET_STD
 from zeroseg.errors import ZeroSegError
-from zeroseg.visualize import IMAGENET_MEAN, IMAGENET_STD, save_label_png, save_overlay_with_legend
+from zeroseg.visualize import save_label_png, save_overlay_with_legend
 
 
 def vocabulary(names: Sequence[str]) -> list[str]:

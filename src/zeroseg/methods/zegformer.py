@@ -37,8 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from zeroseg.config import ExperimentConfig, ZegFormerConfig, to_dict
-from zeroseg.data.build import IGNORE, ZeroShotData
-from zeroseg.data.classes import natural_name
+from zeroseg.data.zero_shot import IGNORE, ZeroShotData
 from zeroseg.engine.checkpoint import (
     checkpoint_exists,
     load_checkpoint,
@@ -58,7 +57,7 @@ from zeroseg.modules.mask_losses import SetCriterion, default_weight_dict
 from zeroseg.modules.matcher import HungarianMatcher
 from zeroseg.modules.zegformer import ZegFormer, pad_to_multiple
 from zeroseg.modules.zegformer_head import semantic_inference
-from zeroseg.text import get_encoder
+from zeroseg.text import class_embeddings
 
 STAGE = "zegformer"
 
@@ -94,9 +93,7 @@ def text_embeddings(encoder: str, class_names: Sequence[str], templates: str) ->
 
     Word-vector and other encoders ignore ``templates`` (ZegFormer's word-vector variant uses none either).
     """
-    options = {"templates": templates} if encoder.startswith("clip:") else {}
-    emb = get_encoder(encoder, **options).embed([natural_name(n) for n in class_names]).float()
-    return emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return class_embeddings(encoder, class_names, templates=templates, normalize=True)
 
 
 def build_model(cfg: ExperimentConfig, text_dim: int) -> ZegFormer:

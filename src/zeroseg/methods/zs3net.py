@@ -47,10 +47,9 @@ from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from zeroseg.config import ExperimentConfig, to_dict
-from zeroseg.data.build import IGNORE, ZeroShotData
-from zeroseg.data.classes import natural_name
-from zeroseg.data.dataset import Sample, SegmentationDataset, load_png_indices
+from zeroseg.data.io import Sample, SegmentationDataset, read_label_png
 from zeroseg.data.transforms import train_transform
+from zeroseg.data.zero_shot import IGNORE, ZeroShotData
 from zeroseg.engine.checkpoint import (
     checkpoint_exists,
     load_checkpoint,
@@ -77,7 +76,7 @@ from zeroseg.modules.deeplab import DeepLabV3Plus
 from zeroseg.modules.gcn import GCNGenerator, SegmentGraph, build_segment_graph, pool_node_features
 from zeroseg.modules.gmmn import GMMNGenerator
 from zeroseg.modules.mmd import mmd_loss
-from zeroseg.text import get_encoder
+from zeroseg.text import class_embeddings as text_class_embeddings
 
 STAGES = ("segmenter", "generator", "graph", "classifier", "selftrain")
 #: The stages whose checkpoints :class:`ZS3Predictor` serves (ZS3Net, ZS5Net); ZS-MMD's rounds reuse it.
@@ -89,7 +88,7 @@ _log = log
 # --------------------------------------------------------------------------------------------- helpers
 def class_embeddings(encoder_spec: str, class_names: tuple[str, ...]) -> torch.Tensor:
     """(C, E) embeddings of the class names (dataset spellings turned into words first)."""
-    return get_encoder(encoder_spec).embed([natural_name(n) for n in class_names]).float()
+    return text_class_embeddings(encoder_spec, class_names)
 
 
 def labels_at(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -560,7 +559,7 @@ def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, 
     images = {s.stem: s.image_path for s in data.unlabelled.base.samples}
     pseudo = SegmentationDataset(
         [Sample(images[s], pseudo_dir / f"{s}.png") for s in stems],
-        load_png_indices,
+        read_label_png,
         data.class_names,
         transform=train_transform(cfg.data.crop_size, cfg.data.scale_range),
         seed=None if aug_seed is None else aug_seed + 1,  # + 1: not the draws of data.train's same indices

@@ -45,7 +45,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from tqdm import tqdm
 
 from zeroseg.config import ExperimentConfig
-from zeroseg.data.build import ZeroShotData
+from zeroseg.data.zero_shot import ZeroShotData
 from zeroseg.engine.checkpoint import load_checkpoint, prefixed, unprefixed
 from zeroseg.engine.distributed import broadcast_state
 from zeroseg.engine.loaders import make_loader

