@@ -177,11 +177,13 @@ def test_predictor_fuses_seen_and_unseen_classes_by_the_official_ensembling_rule
         "seen_ids": SEEN,
         "unseen_ids": UNSEEN,
         "inference": {"gzero_calibrate": 0.1, "ensemble_lambda": 2.0 / 3.0, "ensemble": "seen_unseen"},
+        "encoder": "fixed",
+        "embed_dim": 4,
     }
     # sigmoid of the mask logits: query 0 covers every pixel with 3/4, query 1 with 1/2.
     model = _FixedSegments(_logits(P_SEG), [math.log(3.0), 0.0])
-    predictor = ZegFormerPredictor.from_parts(model, meta, torch.zeros(3, 4))
-    predictor.clip, predictor.clip_text = _FixedClip(_logits(p_clip)), torch.zeros(3, 4)
+    predictor = ZegFormerPredictor(model, meta, torch.zeros(3, 4))
+    predictor.use_clip_branch(_FixedClip(_logits(p_clip)), torch.zeros(3, 4))
     scores = predictor.scores(torch.zeros(1, 3, 8, 8))
     assert scores.shape == (1, 3, 8, 8)
     # Official ENSEMBLING, lambda 2/3. Seen c in {0, 1}: p_seg[c]**(2/3) * mean(p_clip[0], p_clip[1])**(1/3);
