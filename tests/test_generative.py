@@ -111,12 +111,12 @@ def test_strict_batch_gives_each_unseen_class_the_mean_count_of_a_present_seen_c
 
 def test_train_classifier_strict_uses_the_uniform_prior_and_seen_only_images(monkeypatch) -> None:
     feats, labels = strict_images()
-    # train_full would give the official protocol's batches; it holds an unseen pixel the strict one must not read.
-    full = labels.clone()
-    full[1, 0, 2] = 2
+    # train_full (the official protocol's images) also holds an image with unseen pixels, which the strict
+    # protocol must not read at all, not even its seen pixels.
+    mixed = torch.tensor([[0, 2, 2], [1, 1, 2]])
     data = tiny_data(
         train_plain=[(feats[b], labels[b], f"s{b}") for b in range(2)],
-        train_full=[(feats[b], full[b], f"s{b}") for b in range(2)],
+        train_full=[(feats[b], labels[b], f"s{b}") for b in range(2)] + [(feats[0] + 50, mixed, "mixed")],
     )
     calls = capture_fit(monkeypatch)
     cfg = tiny_cfg("data.batch_size=2", "generator.pixels_per_class=10", "classifier.unseen_weight=7")
