@@ -10,16 +10,18 @@ disk), so the label maps are realistic. All weights are random. Rows:
   cross-entropy + backward + SGD step (momentum, weight decay, 10x head lr), through
   ``zeroseg.engine.train.train_one_epoch`` with a one-batch loader -- exactly the code the segmenter stage runs.
   Training scenes contain no unseen class (``unseen_policy: drop``).
-* ``zs3net generator step`` -- one GMMN MMD step as ``zs3net.train_generator`` takes it per (image, seen class)
-  pixel set: the generator maps ``--pixels-per-class`` (128) copies of the class embedding (+ noise) to 256-d
-  features, ``mmd_loss`` against 128 real features of that class (frozen-segmenter features of the rendered
-  batch, drawn with ``seen_pixel_sets``), backward, Adam step.
+* ``zs3net generator step`` -- one GMMN MMD step, ``zeroseg.generative.generator_step`` as
+  ``zs3net.train_generator`` takes it per (image, seen class) pixel set: the generator maps
+  ``--pixels-per-class`` (128) copies of the class embedding (+ noise) to 256-d features, ``mmd_loss`` against
+  128 real features of that class (frozen-segmenter features of the rendered batch, drawn with
+  ``generative.seen_pixel_sets``), backward, Adam step.
 * ``zs3net generator batch`` -- what the generator stage does per loader batch: the frozen segmenter's features of
   the batch, then one MMD step per (image, seen class present) pixel set (the count is in the JSON).
-* ``zs3net classifier step`` -- one step of ``fit_linear_classifier`` (the 1x1 conv as a linear classifier, SGD,
-  class-weighted cross-entropy) on the pixel features that one batch gives under the strict protocol:
-  ``sample_pixels`` of the seen classes (``--pixels-per-class`` per image and class) plus as many generated
-  features per unseen class as an average seen class has (their count is in the JSON).
+* ``zs3net classifier step`` -- one ``zeroseg.generative.classifier_step`` (the step of ``fit_linear_classifier``:
+  the 1x1 conv as a linear classifier, SGD, class-weighted cross-entropy) on the pixel features that one batch
+  gives under the strict protocol (``generative.strict_batch``): sampled pixels of the seen classes
+  (``--pixels-per-class`` per image and class) plus as many generated features per unseen class as an average
+  seen class has (their count is in the JSON).
 * ``zs3net classifier batch`` -- the whole per-batch work of that stage: frozen features + sampling + generation
   (no grad) + the linear step.
 * ``zegformer`` -- the config's network (shipped: ResNet-18 with trainable BN, 20 queries, 3 decoder layers) on
@@ -61,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zeroseg import generative
 from zeroseg.config import ExperimentConfig, load_config
 from zeroseg.data.io import IGNORE, IMAGENET_MEAN, IMAGENET_STD
 from zeroseg.data.synthetic import render_scene
@@ -68,7 +71,6 @@ from zeroseg.engine.train import poly_lambda, split_batch, train_one_epoch, trai
 from zeroseg.errors import ZeroSegError
 from zeroseg.methods import zegformer as zf
 from zeroseg.methods import zs3net
-from zeroseg.modules.mmd import mmd_loss
 
 #: Packaged config names (zeroseg/configs/*.yaml); the options also take a YAML path.
 ZS3NET_CONFIG = "synthetic_zs3net"
@@ -183,8 +185,8 @@ def segmenter_step(
 def frozen_features(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen segmenter's features and labels at feature resolution (``zs3net.feature_batches``)."""
-    return next(zs3net.feature_batches(model, [(images, labels, None)], device))
+    """The frozen segmenter's features and labels at feature resolution (``generative.feature_batches``)."""
+    return next(generative.feature_batches(model, [(images, labels, None)], device))
 
 
 def zs3net_steps(
@@ -196,72 +198,58 @@ def zs3net_steps(
     num_classes = len(cfg.data.synthetic.class_names)
     model = zs3net.build_segmenter(cfg, num_classes).to(device)
     gen = zs3net.build_generator(cfg, embed_dim, model.feature_dim).to(device)
+    gen.train()  # as both stages run it (dropout on)
     emb = F.normalize(torch.randn(num_classes, embed_dim), dim=-1).to(device)
     g = cfg.generator
     per = g.pixels_per_class
     gen_opt = torch.optim.Adam(gen.parameters(), lr=g.lr)
     rng = torch.Generator().manual_seed(cfg.seed + 1)
     feats, ys = frozen_features(model, images, labels, device)
-    sets = list(zs3net.seen_pixel_sets(feats, ys, set(seen), per, rng))
+    sets = list(generative.seen_pixel_sets(feats, ys, set(seen), per, rng))
     if not sets:
         raise ZeroSegError("the rendered batch has no seen-class pixel set")
     cycle = itertools.cycle(sets)
 
-    def mmd_step(c: int, real: torch.Tensor) -> float:
-        gen.train()
-        loss = mmd_loss(gen(emb[c].expand(per, -1)), real, sigmas=g.sigmas)
-        gen_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gen_opt.step()
-        return loss.item()
-
     def generator_step() -> float:
-        return mmd_step(*next(cycle))
+        c, real = next(cycle)
+        return generative.generator_step(gen, gen_opt, emb[c], real, sigmas=g.sigmas)
 
     def generator_batch() -> None:
         f, y = frozen_features(model, images, labels, device)
-        for c, real in zs3net.seen_pixel_sets(f, y, set(seen), per, rng):
-            mmd_step(c, real)
+        for c, real in generative.seen_pixel_sets(f, y, set(seen), per, rng):
+            generative.generator_step(gen, gen_opt, emb[c], real, sigmas=g.sigmas)
 
-    # Classifier stage (strict protocol), as zs3net.train_classifier / fit_linear_classifier.
+    # Classifier stage (strict protocol), with the pieces zs3net.train_classifier runs.
     model.reset_classifier(num_classes)
     model.classifier.to(device)
     classifier = model.classifier
-    weight = torch.ones(num_classes)
-    weight[unseen] = cfg.classifier.unseen_weight
-    cls_opt = torch.optim.SGD(classifier.parameters(), lr=cfg.classifier.lr, momentum=0.9, weight_decay=5e-4)
-    criterion = nn.CrossEntropyLoss(weight=weight.to(device), ignore_index=IGNORE)
+    weight = generative.class_weights(num_classes, unseen, cfg.classifier.unseen_weight)
+    cls_opt = generative.classifier_optimizer(classifier, cfg.classifier.lr)
+    criterion = generative.classifier_criterion(weight.to(device))
     seen_t = torch.tensor(seen)
     unseen_t = torch.tensor(unseen)
 
     def classifier_inputs(f: torch.Tensor, y_small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = zs3net.sample_pixels(f, y_small, seen_t, per, rng)
-        n_unseen = max(1, round(y.numel() / max(1, torch.unique(y).numel())))
-        yu = unseen_t.repeat_interleave(n_unseen).to(device)
-        gen.train()
-        with torch.no_grad():
-            xu = gen(emb[yu])
-        return torch.cat([x, xu]), torch.cat([y, yu])
+        batch = generative.strict_batch(f, y_small, gen, emb, seen_t, unseen_t, per, rng)
+        if batch is None:
+            raise ZeroSegError("the rendered batch has no seen-class pixel")
+        return batch
 
-    def linear_step(x: torch.Tensor, y: torch.Tensor) -> float:
-        loss = criterion(classifier(x[:, :, None, None])[:, :, 0, 0], y)
-        cls_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        cls_opt.step()
-        return loss.item()
+    def linear_step(batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        return generative.classifier_step(classifier, cls_opt, criterion, batch)
 
-    fixed_x, fixed_y = classifier_inputs(feats, ys)
+    fixed = classifier_inputs(feats, ys)
 
     def classifier_batch() -> float:
-        return linear_step(*classifier_inputs(*frozen_features(model, images, labels, device)))
+        return linear_step(classifier_inputs(*frozen_features(model, images, labels, device)))
 
     steps = {
         "zs3net generator step": generator_step,
         "zs3net generator batch": generator_batch,
-        "zs3net classifier step": lambda: linear_step(fixed_x, fixed_y),
+        "zs3net classifier step": lambda: linear_step(fixed),
         "zs3net classifier batch": classifier_batch,
     }
-    facts = {"mmd_sets_per_batch": len(sets), "classifier_pixels_per_step": int(fixed_y.numel())}
+    facts = {"mmd_sets_per_batch": len(sets), "classifier_pixels_per_step": int(fixed[1].numel())}
     return steps, facts
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from zeroseg import generative
 from zeroseg.cli import main
 from zeroseg.config import load_config
 from zeroseg.engine.checkpoint import load_checkpoint
@@ -161,7 +162,9 @@ def test_generated_features_teach_the_classifier_an_unseen_class() -> None:
         for i in range(0, 800, 100):
             yield x[perm[i : i + 100]], y[perm[i : i + 100]]
 
-    zs3net.fit_linear_classifier(classifier, batches, epochs=30, lr=0.05, class_weight=None, desc="t", progress=False)
+    generative.fit_linear_classifier(
+        classifier, batches, epochs=30, lr=0.05, class_weight=None, desc="t", progress=False
+    )
     test = real(3, 300)
     pred = classifier(test[:, :, None, None])[:, :, 0, 0].argmax(1)
     assert (pred == 3).float().mean() > 0.9  # recognised from generated features alone
@@ -172,7 +175,7 @@ def test_sample_pixels_caps_per_image_and_class() -> None:
     labels = torch.zeros(2, 4, 4, dtype=torch.long)
     labels[0, :2] = 1
     labels[1] = 255
-    x, y = zs3net.sample_pixels(feats, labels, torch.tensor([0, 1]), per_class=5)
+    x, y = generative.sample_pixels(feats, labels, torch.tensor([0, 1]), per_class=5)
     assert x.shape == (10, 3) and sorted(y.tolist()) == [0] * 5 + [1] * 5
     # every sampled feature is a real pixel of its class in image 0
     for f, c in zip(x, y, strict=True):

@@ -30,20 +30,22 @@ The whole pipeline, top to bottom, as :func:`train` runs it:
 
 Every stage ends in a checkpoint (``<run>/<stage>.safetensors`` + ``.json``); a re-run resumes after the last
 complete stage, and the segmenter stage also resumes from its last finished epoch.
+
+The pieces that ZS-MMD shares (feature sampling, the generator step, the classifier's class weights, batches
+and fit, the refit samples of :meth:`ZS3Predictor.set_classes`, the top-p % pseudo-label rule) are in
+:mod:`zeroseg.generative`; the stage functions here run them with the config's loaders and seeds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset
 from tqdm import tqdm
 
 from zeroseg.config import ExperimentConfig, to_dict
@@ -71,6 +73,18 @@ from zeroseg.engine.loaders import make_loader, prepare_epoch, set_dataset_epoch
 from zeroseg.engine.run import RunResult, join, log, prepare_data, start_run
 from zeroseg.engine.train import check_engine_config, parallel, poly_lambda, train_one_epoch
 from zeroseg.errors import ZeroSegError
+from zeroseg.generative import (
+    class_weights,
+    feature_bank,
+    feature_batches,
+    fit_linear_classifier,
+    generator_step,
+    official_batch,
+    refit_samples,
+    seen_pixel_sets,
+    strict_batch,
+    top_percent_labels,
+)
 from zeroseg.methods.predict import vocabulary
 from zeroseg.modules.deeplab import DeepLabV3Plus
 from zeroseg.modules.gcn import GCNGenerator, SegmentGraph, build_segment_graph, pool_node_features
@@ -81,7 +95,6 @@ from zeroseg.text import class_embeddings as text_class_embeddings
 STAGES = ("segmenter", "generator", "graph", "classifier", "selftrain")
 #: The stages whose checkpoints :class:`ZS3Predictor` serves (ZS3Net, ZS5Net); ZS-MMD's rounds reuse it.
 FINAL_STAGES = ("classifier", "selftrain")
-BANK_PER_CLASS = 256
 _log = log
 
 
@@ -91,43 +104,6 @@ def class_embeddings(encoder_spec: str, class_names: tuple[str, ...]) -> torch.T
     return text_class_embeddings(encoder_spec, class_names)
 
 
-def labels_at(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour downsampling of (B,H,W) label maps to the feature resolution (B,h,w)."""
-    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
-def sample_pixels(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    class_ids: torch.Tensor,
-    per_class: int,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample up to ``per_class`` pixels of each listed class from each image.
-
-    Args:
-        features: (B, F, h, w) feature maps.
-        labels: (B, h, w) labels at feature resolution.
-        class_ids: (K,) classes to sample.
-        per_class: pixels per (image, class) pair; all of them when fewer are present.
-
-    Returns:
-        feats: (N, F) sampled features; ys: (N,) their labels.
-    """
-    feats, ys = [], []
-    flat_f = features.permute(0, 2, 3, 1).reshape(features.shape[0], -1, features.shape[1])
-    flat_y = labels.reshape(labels.shape[0], -1)
-    for b in range(features.shape[0]):
-        present = torch.unique(flat_y[b])
-        for c in present[torch.isin(present, class_ids)]:
-            idx = torch.nonzero(flat_y[b] == c).squeeze(1)
-            if idx.numel() > per_class:
-                idx = idx[torch.randperm(idx.numel(), generator=generator)[:per_class]]
-            feats.append(flat_f[b, idx])
-            ys.append(flat_y[b, idx])
-    if not feats:
-        return features.new_zeros(0, features.shape[1]), labels.new_zeros(0)
-    return torch.cat(feats), torch.cat(ys)
 
 
 def build_segmenter(cfg: ExperimentConfig, num_classes: int) -> DeepLabV3Plus:
@@ -189,47 +165,6 @@ def train_segmenter(
     set_dataset_epoch(data.train, 0)  # later stages read data.train as a fresh (or resumed) run does
 
 
-@torch.no_grad()
-def _features(model: DeepLabV3Plus, images: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    return model.extract_features(images)
-
-
-def feature_batches(
-    model: DeepLabV3Plus, loader: DataLoader, device: torch.device, *, desc: str = "", progress: bool = False
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Frozen-segmenter features of each batch with its labels at feature resolution.
-
-    Yields:
-        feats: (B, 256, h, w); labels: (B, h, w) nearest-downsampled.
-    """
-    for images, labels, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        feats = _features(model, images.to(device))
-        yield feats, labels_at(labels.to(device), feats.shape[-2:])
-
-
-def seen_pixel_sets(
-    feats: torch.Tensor, ys: torch.Tensor, seen: set[int], n: int, rng: torch.Generator
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """The generator's real targets, as valeoai/ZS3 draws them: for each image and each seen class present in
-    it, ``n`` pixel features drawn with replacement (one Adam step is taken per such set).
-
-    Args:
-        feats: (B, F, h, w) features; ys: (B, h, w) labels at feature resolution.
-
-    Yields:
-        (class id, real features (n, F)).
-    """
-    for b in range(feats.shape[0]):
-        flat_f = feats[b].flatten(1).T
-        flat_y = ys[b].flatten()
-        for c in torch.unique(flat_y).tolist():
-            if c not in seen:
-                continue
-            where = torch.nonzero(flat_y == c).squeeze(1)
-            yield c, flat_f[where[torch.randint(where.numel(), (n,), generator=rng).to(where.device)]]
-
-
 def train_generator(
     cfg: ExperimentConfig,
     model: DeepLabV3Plus,
@@ -254,77 +189,11 @@ def train_generator(
             model, loader, device, desc=f"generator {epoch + 1}/{g.epochs}", progress=progress
         ):
             for c, real in seen_pixel_sets(feats, ys, seen_set, g.pixels_per_class, rng):
-                loss = mmd_loss(gen(emb[c].expand(g.pixels_per_class, -1)), real, sigmas=g.sigmas)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item()
+                total += generator_step(gen, opt, emb[c], real, sigmas=g.sigmas)
                 n += 1
         history.append(total / max(n, 1))
         _log(f"[generator] epoch {epoch + 1}/{g.epochs} mmd {history[-1]:.4f}")
     return history
-
-
-@torch.no_grad()
-def feature_bank(
-    model: DeepLabV3Plus, data: ZeroShotData, cfg: ExperimentConfig, per_class: int = BANK_PER_CLASS
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A few real features per seen class, stored with the model so new class lists can be fit later."""
-    rng = torch.Generator().manual_seed(cfg.seed + 2)
-    loader = make_loader(
-        data.train_plain, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0
-    )
-    seen = torch.tensor(data.seen_ids)
-    feats, ys = [], []
-    counts = torch.zeros(len(data.class_names), dtype=torch.long)
-    for f, y_small in feature_batches(model, loader, torch.device(cfg.device)):
-        x, y = sample_pixels(f, y_small, seen, 8, rng)
-        feats.append(x.cpu())
-        ys.append(y.cpu())
-        counts += torch.bincount(y.cpu(), minlength=len(counts))
-        if all(counts[c] >= per_class for c in data.seen_ids):
-            break
-    x, y = torch.cat(feats), torch.cat(ys)
-    keep = torch.cat([torch.nonzero(y == c).squeeze(1)[:per_class] for c in data.seen_ids])
-    return x[keep], y[keep]
-
-
-def fit_linear_classifier(
-    classifier: nn.Conv2d,
-    batches: Callable[[], Any],
-    *,
-    epochs: int,
-    lr: float,
-    class_weight: torch.Tensor | None,
-    desc: str,
-    progress: bool,
-    aux_weight: float = 0.0,
-) -> None:
-    """Train a 1x1 conv as a linear classifier on pixel features from ``batches()``.
-
-    ``batches()`` yields ``(x (N,F), y (N,))``, or ``(x, y, x_aux (M,F), y_aux (M,))`` where the auxiliary
-    samples (graph-node features, ZS3Net-GC) add ``aux_weight * CE(aux)`` to the loss, as the official code
-    adds ``GCN_weight * loss_GCN``.
-    """
-    opt = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    criterion = nn.CrossEntropyLoss(weight=class_weight, ignore_index=IGNORE)
-
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        return classifier(x[:, :, None, None])[:, :, 0, 0]
-
-    for epoch in range(epochs):
-        total, n = 0.0, 0
-        for batch in tqdm(batches(), desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=not progress):
-            x, y = batch[0], batch[1]
-            loss = criterion(logits(x), y)
-            if len(batch) == 4 and batch[3].numel() and aux_weight:
-                loss = loss + aux_weight * criterion(logits(batch[2]), batch[3])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            n += 1
-        _log(f"[{desc}] epoch {epoch + 1}/{epochs} loss {total / max(n, 1):.4f}")
 
 
 def segment_graph(labels: torch.Tensor) -> SegmentGraph:
@@ -426,6 +295,9 @@ def train_classifier(
 ) -> None:
     """Stage 3: re-initialise the 1x1 classifier, train it on real seen + generated unseen features.
 
+    The protocol picks the batches: :func:`~zeroseg.generative.strict_batch` over the seen-only images, or
+    :func:`~zeroseg.generative.official_batch` over every training image with its full ground truth. The loss
+    weights unseen classes by ``classifier.unseen_weight`` (:func:`~zeroseg.generative.class_weights`).
     With ``gcn`` (ZS3Net-GC) each batch also carries graph-node features (see :func:`graph_node_samples`),
     weighted by ``graph.weight``.
     """
@@ -440,59 +312,32 @@ def train_classifier(
     emb = emb.to(device)
     seen = torch.tensor(data.seen_ids)
     unseen = torch.tensor(data.unseen_ids, dtype=torch.long)
-    weight = torch.ones(num_classes)
-    weight[unseen] = c.unseen_weight
+    weight = class_weights(num_classes, data.unseen_ids, c.unseen_weight)
     per = cfg.generator.pixels_per_class
+    strict = c.protocol == "strict"
     if gcn is not None:
         gcn.train()  # dropout on while generating, as for the GMMN
+    loader = make_loader(
+        data.train_plain if strict else data.train_full,
+        cfg.data.batch_size,
+        shuffle=True,
+        workers=cfg.data.num_workers,
+        seed=cfg.seed + 3,
+    )
 
-    def with_nodes(f: torch.Tensor, y_small: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
-        if gcn is None:
-            return x, y
-        xn, yn = graph_node_samples(f, y_small, gcn, emb, unseen.to(device), strict=c.protocol == "strict", rng=rng)
-        return x, y, xn, yn
-
-    if c.protocol == "strict":
-        loader = make_loader(
-            data.train_plain,
-            cfg.data.batch_size,
-            shuffle=True,
-            workers=cfg.data.num_workers,
-            seed=cfg.seed + 3,
-        )
-
-        def batches():
-            for f, y_small in feature_batches(model, loader, device):
-                x, y = sample_pixels(f, y_small, seen, per, rng)
-                if y.numel() == 0:
+    def batches():
+        for f, y_small in feature_batches(model, loader, device):
+            if strict:
+                batch = strict_batch(f, y_small, gen, emb, seen, unseen, per, rng)
+                if batch is None:
                     continue
-                # Uniform class prior: each unseen class gets as many samples as an average seen class here.
-                n_unseen = max(1, round(y.numel() / max(1, torch.unique(y).numel())))
-                yu = unseen.repeat_interleave(n_unseen).to(device)
-                with torch.no_grad():
-                    xu = gen(emb[yu]) if yu.numel() else x.new_zeros(0, x.shape[1])
-                yield with_nodes(f, y_small, torch.cat([x, xu]), torch.cat([y, yu]))
-
-    else:
-        loader = make_loader(
-            data.train_full,
-            cfg.data.batch_size,
-            shuffle=True,
-            workers=cfg.data.num_workers,
-            seed=cfg.seed + 3,
-        )
-
-        def batches():
-            for f, y in feature_batches(model, loader, device):
-                x = f.permute(0, 2, 3, 1).clone()
-                # As valeoai/ZS3 does: an image with any unseen pixel gets generated features at *every*
-                # labelled pixel (conditioned on its ground-truth class); other images keep real features.
-                has_unseen = torch.isin(y, unseen.to(device)).flatten(1).any(1)
-                for b in torch.nonzero(has_unseen).flatten().tolist():
-                    valid = y[b] != IGNORE
-                    with torch.no_grad():
-                        x[b][valid] = gen(emb[y[b][valid]])
-                yield with_nodes(f, y, x.reshape(-1, x.shape[-1]), y.reshape(-1))
+            else:
+                batch = official_batch(f, y_small, gen, emb, unseen)
+            if gcn is None:
+                yield batch
+            else:
+                nodes = graph_node_samples(f, y_small, gcn, emb, unseen.to(device), strict=strict, rng=rng)
+                yield (*batch, *nodes)
 
     fit_linear_classifier(
         model.classifier,
@@ -513,15 +358,15 @@ def make_pseudo_labels(
     """ZS5Net: label the unlabelled training images with the top-p% most confident unseen predictions.
 
     The threshold of each unseen class is the (100 - p)-th percentile of the confidences of all pixels
-    predicted as that class over the unlabelled pool; pixels below it, and all other pixels, are 255
-    (under the ``official`` protocol the seen ground truth of those images is kept as well).
+    predicted as that class over the unlabelled pool (:func:`~zeroseg.generative.top_percent_labels`); pixels
+    below it, and all other pixels, are 255 (under the ``official`` protocol the seen ground truth of those
+    images is kept as well).
     """
     if data.unlabelled is None:
         raise ZeroSegError("self-training needs the images dropped by unseen_policy=drop; none were dropped")
     device = torch.device(cfg.device)
     model.eval()
     loader = make_loader(data.unlabelled, cfg.data.eval_batch_size, shuffle=False, workers=cfg.data.num_workers, seed=0)
-    unseen = torch.tensor(data.unseen_ids)
     preds, confs, stems, bases = [], [], [], []
     for images, labels, names in tqdm(loader, desc="pseudo-labels", leave=False, disable=not progress):
         prob = model(images.to(device)).softmax(1).cpu()
@@ -531,12 +376,7 @@ def make_pseudo_labels(
         stems.extend(names)
         bases.append(labels if cfg.classifier.protocol == "official" else torch.full_like(labels, IGNORE))
     pred, conf, base = torch.cat(preds), torch.cat(confs), torch.cat(bases)
-    pseudo = base.clone()
-    for c in unseen.tolist():
-        sel = (pred == c) & (base == IGNORE)
-        if sel.any():
-            thr = torch.quantile(conf[sel].float(), 1.0 - cfg.selftrain.top_percent / 100.0)
-            pseudo[sel & (conf >= thr)] = c
+    pseudo = top_percent_labels(pred, conf, base, data.unseen_ids, cfg.selftrain.top_percent)
     if is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         for stem, lab in zip(stems, pseudo, strict=True):
@@ -735,17 +575,17 @@ class ZS3Predictor:
         torch.manual_seed(seed)
         emb = class_embeddings(self.meta["encoder"], tuple(names)).to(self.device)
         self.generator.train()  # dropout on while generating, as in training (see train_classifier)
-        xs, ys = [], []
-        for k, name in enumerate(names):
-            if name in self.seen_names:
-                old = self.class_names.index(name)
-                x = self.bank_x[self.bank_y == old].to(self.device)
-            else:
-                with torch.no_grad():
-                    x = self.generator(emb[k : k + 1].expand(samples_per_class, -1))
-            xs.append(x)
-            ys.append(torch.full((x.shape[0],), k, dtype=torch.long, device=self.device))
-        x_all, y_all = torch.cat(xs), torch.cat(ys)
+        # The bank's labels index the checkpoint's classes (meta), not a class list set by an earlier call.
+        x_all, y_all = refit_samples(
+            names,
+            self.meta["class_names"],
+            self.seen_names,
+            self.bank_x,
+            self.bank_y,
+            self.generator,
+            emb,
+            samples_per_class,
+        )
         self.model.reset_classifier(len(names))
         self.model.classifier.to(self.device)
 

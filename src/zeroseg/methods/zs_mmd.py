@@ -10,12 +10,12 @@ ZS-MMD extends ZS3Net by closing the loop on the generator. What :func:`train` r
    a. **pseudo-features** -- the current model (frozen segmenter features + the last classifier) labels the
       pixels of the source images (:func:`collect_pseudo_features`). Every pixel whose arg-max class is
       *unseen* and whose softmax confidence is at least ``zs_mmd.threshold`` becomes a pseudo-feature of that
-      class, weighted by its confidence (:func:`select_pseudo_features`).
+      class, weighted by its confidence (:func:`zeroseg.generative.select_pseudo_features`).
    b. **generator** -- the GMMN is retrained with, at every Adam step, the usual MMD between generated and
       real features of one seen class of one image (as ZS3Net) plus ``zs_mmd.pseudo_weight`` times the
       **ZS-MMD** loss: the confidence-weighted MMD (:func:`zeroseg.modules.mmd.weighted_mmd_loss`) between
       generated features of an unseen class and a sample of its pseudo-features; the unseen classes take
-      turns, step by step (:func:`retrain_generator`).
+      turns, step by step (:func:`retrain_generator`, one :func:`zeroseg.generative.zs_mmd_step` per step).
    c. **classifier** -- the 1x1 classifier is re-initialised and retrained on real seen + newly generated
       unseen features (:func:`zeroseg.methods.zs3net.train_classifier`, same protocol as round 0).
    d. a checkpoint ``<run>/zs_mmd_round{r}`` (meta ``method="zs_mmd"``, ``stage="zs_mmd"``, ``round=r``)
@@ -52,22 +52,28 @@ from zeroseg.engine.loaders import make_loader
 from zeroseg.engine.run import RunResult, seed_everything, start_run
 from zeroseg.engine.run import log as _log
 from zeroseg.errors import ZeroSegError
+from zeroseg.generative import (
+    draw_pseudo,
+    feature_bank,
+    feature_batches,
+    frozen_features,
+    generator_step,
+    pseudo_pools,
+    seen_pixel_sets,
+    select_pseudo_features,
+    zs_mmd_step,
+)
 from zeroseg.methods import zs3net
 from zeroseg.methods.zs3net import (
-    _features,
     build_generator,
     build_segmenter,
     checkpoint_meta,
     class_embeddings,
     evaluate_segmenter,
-    feature_bank,
-    feature_batches,
-    seen_pixel_sets,
     train_classifier,
 )
 from zeroseg.modules.deeplab import DeepLabV3Plus
 from zeroseg.modules.gmmn import GMMNGenerator
-from zeroseg.modules.mmd import mmd_loss, weighted_mmd_loss
 
 STAGE = "zs_mmd"
 
@@ -78,39 +84,6 @@ def round_name(r: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------- pseudo-features
-def select_pseudo_features(
-    features: torch.Tensor,
-    probs: torch.Tensor,
-    unseen_ids: torch.Tensor,
-    threshold: float,
-    *,
-    weighting: str = "confidence",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixels predicted as an unseen class with confidence >= ``threshold``.
-
-    Args:
-        features: (B, F, h, w) pixel features.
-        probs: (B, C, h, w) class probabilities at the same resolution.
-        unseen_ids: (K,) unseen class indices.
-        threshold: minimum softmax maximum.
-        weighting: "confidence" (weight = softmax maximum) or "uniform" (weight 1).
-
-    Returns:
-        x: (N, F) selected features; y: (N,) their predicted (unseen) classes; w: (N,) their weights.
-    """
-    if features.shape[0] != probs.shape[0] or features.shape[-2:] != probs.shape[-2:]:
-        raise ZeroSegError(
-            f"features {tuple(features.shape)} and probabilities {tuple(probs.shape)}: batch or size differ"
-        )
-    if weighting not in ("confidence", "uniform"):
-        raise ZeroSegError(f"zs_mmd.weighting {weighting!r}: choose 'confidence' or 'uniform'")
-    conf, pred = probs.max(1)
-    keep = torch.isin(pred, unseen_ids.to(pred.device)) & (conf >= threshold)
-    x = features.permute(0, 2, 3, 1)[keep]
-    w = conf[keep] if weighting == "confidence" else torch.ones_like(conf[keep])
-    return x, pred[keep], w
-
-
 def _source(data: ZeroShotData, source: str) -> Dataset:
     if source == "train":
         return data.train_plain
@@ -142,21 +115,15 @@ def collect_pseudo_features(
     unseen = torch.tensor(data.unseen_ids)
     xs, ys, ws = [], [], []
     for images, _, _ in tqdm(loader, desc="pseudo-features", leave=False, disable=not progress):
-        f = _features(model, images.to(device))
+        f = frozen_features(model, images.to(device))
         x, y, w = select_pseudo_features(f, model.classify(f).softmax(1), unseen, z.threshold, weighting=z.weighting)
         xs.append(x.cpu())
         ys.append(y.cpu())
         ws.append(w.cpu())
     x, y, w = torch.cat(xs), torch.cat(ys), torch.cat(ws)
-    pools = {}
-    for c in data.unseen_ids:
-        idx = torch.nonzero(y == c).squeeze(1)
-        if idx.numel() < z.min_pseudo_per_class:
-            continue
-        if idx.numel() > z.max_pseudo_per_class:
-            idx = idx[torch.randperm(idx.numel(), generator=rng)[: z.max_pseudo_per_class]]
-        pools[c] = (x[idx], w[idx])
-    return pools
+    return pseudo_pools(
+        x, y, w, data.unseen_ids, min_count=z.min_pseudo_per_class, max_count=z.max_pseudo_per_class, rng=rng
+    )
 
 
 # --------------------------------------------------------------------------------------------- generator
@@ -198,20 +165,15 @@ def retrain_generator(
         desc = f"zs-mmd generator {epoch + 1}/{z.generator_epochs}"
         for feats, ys in feature_batches(model, loader, device, desc=desc, progress=progress):
             for c, real in seen_pixel_sets(feats, ys, seen_set, n, rng):
-                loss = mmd_loss(gen(emb[c].expand(n, -1)), real, sigmas=g.sigmas)
                 if turn:
                     u = turn[step % len(turn)]
-                    px, pw = pools[u]
-                    if px.shape[0] >= n:
-                        sel = torch.randperm(px.shape[0], generator=rng)[:n].to(device)
-                    else:
-                        sel = torch.randint(px.shape[0], (n,), generator=rng).to(device)
-                    zs = weighted_mmd_loss(gen(emb[u].expand(n, -1)), px[sel], y_weights=pw[sel], sigmas=g.sigmas)
-                    loss = loss + z.pseudo_weight * zs
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item()
+                    px, pw = draw_pseudo(*pools[u], n, rng)
+                    loss = zs_mmd_step(
+                        gen, opt, emb[c], real, emb[u], px, pw, sigmas=g.sigmas, pseudo_weight=z.pseudo_weight
+                    )
+                else:
+                    loss = generator_step(gen, opt, emb[c], real, sigmas=g.sigmas)
+                total += loss
                 count += 1
                 step += 1
         history.append(total / max(count, 1))

@@ -1,0 +1,60 @@
+"""What the generative zero-shot methods share (ZS3Net/ZS5Net in :mod:`zeroseg.methods.zs3net`, ZS-MMD in
+:mod:`zeroseg.methods.zs_mmd`).
+
+- :mod:`~zeroseg.generative.features` -- frozen-segmenter features, per-class pixel sampling, the generator's
+  real pixel sets, the stored feature bank;
+- :mod:`~zeroseg.generative.generator` -- one generator step: seen-class MMD, and ZS-MMD's step that adds the
+  confidence-weighted MMD on pseudo-features;
+- :mod:`~zeroseg.generative.classifier` -- classifier retraining: class weights, the ``strict`` and
+  ``official`` batches, the refit samples of a new class list, the linear classifier's step and fit;
+- :mod:`~zeroseg.generative.pseudo` -- ZS-MMD's pseudo-features and ZS5Net's top-p % pseudo-labels.
+
+The stages that run these pieces (loaders, seeds, logging, checkpoints) stay in the method files.
+"""
+
+from zeroseg.generative.classifier import (
+    class_weights,
+    classifier_criterion,
+    classifier_optimizer,
+    classifier_step,
+    fit_linear_classifier,
+    official_batch,
+    refit_samples,
+    strict_batch,
+)
+from zeroseg.generative.features import (
+    BANK_PER_CLASS,
+    feature_bank,
+    feature_batches,
+    frozen_features,
+    labels_at,
+    sample_pixels,
+    seen_pixel_sets,
+)
+from zeroseg.generative.generator import generator_step, zs_mmd_loss, zs_mmd_step
+from zeroseg.generative.pseudo import draw_pseudo, pseudo_pools, select_pseudo_features, top_percent_labels
+
+__all__ = [
+    "BANK_PER_CLASS",
+    "class_weights",
+    "classifier_criterion",
+    "classifier_optimizer",
+    "classifier_step",
+    "draw_pseudo",
+    "feature_bank",
+    "feature_batches",
+    "fit_linear_classifier",
+    "frozen_features",
+    "generator_step",
+    "labels_at",
+    "official_batch",
+    "pseudo_pools",
+    "refit_samples",
+    "sample_pixels",
+    "seen_pixel_sets",
+    "select_pseudo_features",
+    "strict_batch",
+    "top_percent_labels",
+    "zs_mmd_loss",
+    "zs_mmd_step",
+]

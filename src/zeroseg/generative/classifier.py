@@ -1,0 +1,215 @@
+"""Retraining the final 1x1 classifier on real seen + generated unseen pixel features.
+
+The two protocols differ only in the batches they build: :func:`strict_batch` (no unseen pixel of any
+training image is used; generated unseen features under a uniform class prior) and :func:`official_batch`
+(valeoai/ZS3: an image with unseen pixels has all its labelled features replaced by generated ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from zeroseg.data.zero_shot import IGNORE
+from zeroseg.engine.distributed import is_main
+from zeroseg.generative.features import sample_pixels
+
+
+def _log(msg: str) -> None:
+    if is_main():
+        tqdm.write(msg)
+
+
+def class_weights(num_classes: int, unseen_ids: Sequence[int], unseen_weight: float) -> torch.Tensor:
+    """(C,) cross-entropy class weights: 1 for every class, ``unseen_weight`` for the unseen ones."""
+    weight = torch.ones(num_classes)
+    weight[torch.tensor(unseen_ids, dtype=torch.long)] = unseen_weight
+    return weight
+
+
+@torch.no_grad()
+def strict_batch(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    gen: nn.Module,
+    emb: torch.Tensor,
+    seen: torch.Tensor,
+    unseen: torch.Tensor,
+    per_class: int,
+    rng: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The strict protocol's classifier batch: sampled real seen features + generated unseen features.
+
+    Each unseen class gets as many generated features as the mean count of a seen class sampled in this
+    batch (a uniform class prior), at least one.
+
+    Args:
+        feats: (B, F, h, w) features of seen-only images; labels: (B, h, w) at feature resolution.
+        gen: generator, (N, E) -> (N, F).
+        emb: (C, E) class embeddings on the features' device.
+        seen: (S,) seen ids; unseen: (U,) unseen ids.
+        per_class: real pixels per (image, seen class), see :func:`~zeroseg.generative.features.sample_pixels`.
+        rng: random source of the real samples.
+
+    Returns:
+        x: (N, F), y: (N,) -- real rows first, then the unseen rows class by class; ``None`` when the batch
+        has no seen pixel.
+    """
+    x, y = sample_pixels(feats, labels, seen, per_class, rng)
+    if y.numel() == 0:
+        return None
+    n_unseen = max(1, round(y.numel() / max(1, torch.unique(y).numel())))
+    yu = unseen.repeat_interleave(n_unseen).to(feats.device)
+    xu = gen(emb[yu]) if yu.numel() else x.new_zeros(0, x.shape[1])
+    return torch.cat([x, xu]), torch.cat([y, yu])
+
+
+@torch.no_grad()
+def official_batch(
+    feats: torch.Tensor, labels: torch.Tensor, gen: nn.Module, emb: torch.Tensor, unseen: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official protocol's classifier batch (valeoai/ZS3): every pixel of every image, where an image
+    with any unseen pixel gets generated features at *every* labelled pixel (conditioned on its ground-truth
+    class) and the others keep their real features. ``IGNORE`` pixels keep their real features (the loss
+    ignores them).
+
+    Args:
+        feats: (B, F, h, w) features; labels: (B, h, w) full ground truth at feature resolution.
+        gen: generator, (N, E) -> (N, F).
+        emb: (C, E) class embeddings on the features' device.
+        unseen: (U,) unseen ids.
+
+    Returns:
+        x: (B*h*w, F), y: (B*h*w,) in (image, row, column) order.
+    """
+    x = feats.permute(0, 2, 3, 1).clone()
+    has_unseen = torch.isin(labels, unseen.to(labels.device)).flatten(1).any(1)
+    for b in torch.nonzero(has_unseen).flatten().tolist():
+        valid = labels[b] != IGNORE
+        x[b][valid] = gen(emb[labels[b][valid]])
+    return x.reshape(-1, x.shape[-1]), labels.reshape(-1)
+
+
+@torch.no_grad()
+def refit_samples(
+    names: Sequence[str],
+    bank_names: Sequence[str],
+    seen_names: Sequence[str],
+    bank_x: torch.Tensor,
+    bank_y: torch.Tensor,
+    gen: nn.Module,
+    emb: torch.Tensor,
+    samples_per_class: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training samples for refitting the classifier to the class list ``names``.
+
+    A name seen in training takes the stored real features of that class; any other name gets
+    ``samples_per_class`` generated features conditioned on its embedding.
+
+    Args:
+        names: the new class list (K names).
+        bank_names: the class list the bank's labels index (the checkpoint's classes).
+        seen_names: the checkpoint's seen classes.
+        bank_x: (M, F) stored real features; bank_y: (M,) their ids into ``bank_names``.
+        gen: generator, (N, E) -> (N, F).
+        emb: (K, E) embeddings of ``names``, on the device the samples should be on.
+        samples_per_class: generated features per new name.
+
+    Returns:
+        x: (N, F), y: (N,) ids into ``names``, class by class.
+    """
+    xs, ys = [], []
+    for k, name in enumerate(names):
+        if name in seen_names:
+            x = bank_x[bank_y == bank_names.index(name)].to(emb.device)
+        else:
+            x = gen(emb[k : k + 1].expand(samples_per_class, -1))
+        xs.append(x)
+        ys.append(torch.full((x.shape[0],), k, dtype=torch.long, device=emb.device))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def classifier_optimizer(classifier: nn.Module, lr: float) -> torch.optim.SGD:
+    """The retraining optimiser: SGD, momentum 0.9, weight decay 5e-4."""
+    return torch.optim.SGD(classifier.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+
+def classifier_criterion(class_weight: torch.Tensor | None) -> nn.CrossEntropyLoss:
+    """Class-weighted cross-entropy ignoring ``IGNORE`` labels."""
+    return nn.CrossEntropyLoss(weight=class_weight, ignore_index=IGNORE)
+
+
+def _logits(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return classifier(x[:, :, None, None])[:, :, 0, 0]
+
+
+def classifier_step(
+    classifier: nn.Module,
+    opt: torch.optim.Optimizer,
+    criterion: nn.Module,
+    batch: tuple[torch.Tensor, ...],
+    *,
+    aux_weight: float = 0.0,
+) -> float:
+    """One optimiser step of a 1x1 conv used as a linear classifier on pixel features.
+
+    Args:
+        classifier: (F -> C) 1x1 conv.
+        opt: its optimiser; criterion: the loss (:func:`classifier_criterion`).
+        batch: ``(x (N, F), y (N,))``, or ``(x, y, x_aux (M, F), y_aux (M,))`` whose auxiliary samples
+            (graph-node features, ZS3Net-GC) add ``aux_weight * criterion(aux)``, as the official code adds
+            ``GCN_weight * loss_GCN``.
+        aux_weight: weight of the auxiliary term.
+
+    Returns:
+        the loss before the step.
+    """
+    x, y = batch[0], batch[1]
+    loss = criterion(_logits(classifier, x), y)
+    if len(batch) == 4 and batch[3].numel() and aux_weight:
+        loss = loss + aux_weight * criterion(_logits(classifier, batch[2]), batch[3])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def fit_linear_classifier(
+    classifier: nn.Conv2d,
+    batches: Callable[[], Iterable[Any]],
+    *,
+    epochs: int,
+    lr: float,
+    class_weight: torch.Tensor | None,
+    desc: str,
+    progress: bool,
+    aux_weight: float = 0.0,
+) -> list[float]:
+    """Train a 1x1 conv as a linear classifier on pixel features from ``batches()`` (see :func:`classifier_step`).
+
+    Args:
+        classifier: the 1x1 conv.
+        batches: called once per epoch; yields the batches of :func:`classifier_step`.
+        epochs: passes over ``batches()``; lr: SGD learning rate.
+        class_weight: (C,) cross-entropy weights (:func:`class_weights`) or ``None``.
+        desc: label of the progress bar and log lines; progress: show the bar.
+        aux_weight: weight of the auxiliary (graph-node) term.
+
+    Returns:
+        the mean loss of each epoch.
+    """
+    opt = classifier_optimizer(classifier, lr)
+    criterion = classifier_criterion(class_weight)
+    history = []
+    for epoch in range(epochs):
+        total, n = 0.0, 0
+        for batch in tqdm(batches(), desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=not progress):
+            total += classifier_step(classifier, opt, criterion, batch, aux_weight=aux_weight)
+            n += 1
+        history.append(total / max(n, 1))
+        _log(f"[{desc}] epoch {epoch + 1}/{epochs} loss {history[-1]:.4f}")
+    return history
