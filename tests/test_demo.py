@@ -140,3 +140,11 @@ def test_demo_configs_resolve_to_the_measured_values(tmp_path: Path) -> None:
     quick = demo_config(tmp_path, 0, quick=True, method="zegformer")
     assert quick.zegformer.iters == 4 and quick.data.synthetic.num_train == 64
     assert quick.data.root == str(tmp_path / "synthetic_quick")
+
+
+def test_unknown_demo_method_is_a_one_line_error(tmp_path, capsys):
+    from zeroseg.cli import main
+
+    assert main(["demo", "--method", "nope", "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["zeroseg: error: demo method 'nope' is not available; choose from zs3net, zegformer"]

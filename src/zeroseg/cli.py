@@ -208,8 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--method",
         default="zs3net",
-        choices=["zs3net", "zegformer"],
-        help="zs3net: ZS3Net + ZS5Net + control (default); zegformer: ZegFormer + control",
+        help="zs3net: ZS3Net + ZS5Net + control (default); zegformer: ZegFormer + control (zeroseg.demo.DEMOS)",
     )
     s.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to average over")

@@ -16,11 +16,12 @@ and ``DIR/report.md`` (mean +- std over seeds, the command, qualitative panels).
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +29,36 @@ import torch
 
 from zeroseg.config import ExperimentConfig, from_dict, save_config
 from zeroseg.errors import ZeroSegError
-
-#: The packaged config each demo method runs (``zeroseg/configs/<name>.yaml``); ``demo_config`` changes only the
-#: seed, run name, output and data directories, the control's embeddings (and ZS5Net off for the ZS3Net control).
-DEMO_CONFIGS = {"zs3net": "synthetic_zs3net", "zegformer": "synthetic_zegformer"}
+from zeroseg.files import atomic_write_json, atomic_write_text
+from zeroseg.methods import METHODS
 
 GLOVE_DIM = 50  # the control's random vectors have the dimension of the embeddings they replace
 
 QUICK_DATA = ["data.synthetic.num_train=64", "data.synthetic.num_val=16"]
-QUICK = {
-    "zs3net": ["segmenter.epochs=1", "generator.epochs=1", "classifier.epochs=1", "selftrain.epochs=1", *QUICK_DATA],
-    "zegformer": ["zegformer.iters=4", *QUICK_DATA],
-}
-METHODS = ("zs3net", "zegformer")
+
+
+@dataclass(frozen=True)
+class Demo:
+    """What ``zeroseg demo --method NAME`` trains per seed and reports.
+
+    Attributes:
+        method: the :data:`~zeroseg.methods.METHODS` entry it trains.
+        config: the packaged config it runs (``zeroseg/configs/<config>.yaml``); :func:`demo_config` changes only
+            the seed, run name, output and data directories, and the control's embeddings.
+        title: the report's title.
+        protocol: the report's sentence on which training data the runs read.
+        quick: the ``--quick`` overrides (a smoke-test schedule).
+        seed_runs: ``(out, seed, quick, progress) -> report rows`` of one seed (models and their controls).
+        panel_models: ``(out, seed, quick) -> [(title, final checkpoint), ...]`` for the qualitative panel.
+    """
+
+    method: str
+    config: str
+    title: str
+    protocol: str
+    quick: tuple[str, ...]
+    seed_runs: Callable[[Path, int, bool, bool], list[dict]]
+    panel_models: Callable[[Path, int, bool], list[tuple[str, Path]]]
 
 
 def demo_config(
@@ -49,7 +67,8 @@ def demo_config(
     """The demo experiment of ``method`` for one seed (and its control variant)."""
     from zeroseg.config import apply_overrides, packaged_config, read_config_mapping
 
-    data = read_config_mapping(packaged_config(DEMO_CONFIGS[method]))
+    demo = get_demo(method)
+    data = read_config_mapping(packaged_config(demo.config))
     data["seed"] = seed
     data["out_dir"] = str(out / "runs")
     run = "control" if control else method
@@ -57,9 +76,9 @@ def demo_config(
     data["data"]["root"] = str(out / ("synthetic_quick" if quick else "synthetic"))
     if control:
         data["text"]["encoder"] = f"random:{GLOVE_DIM}:{seed}"
-        if method == "zs3net":
+        if "selftrain" in data:
             data["selftrain"]["enabled"] = False
-    return from_dict(apply_overrides(data, QUICK[method] if quick else []))
+    return from_dict(apply_overrides(data, list(demo.quick) if quick else []))
 
 
 def _row(name: str, seed: int, m: dict, wall: float) -> dict:
@@ -73,6 +92,78 @@ def _row(name: str, seed: int, m: dict, wall: float) -> dict:
     }
 
 
+def _zs3net_seed(out: Path, seed: int, quick: bool, progress: bool) -> list[dict]:
+    """ZS3Net + ZS5Net, then the control on a copy of the seed's segmenter (stage 1 never reads embeddings)."""
+    train = METHODS["zs3net"].train
+    cfg = demo_config(out, seed, quick=quick)
+    res = train(cfg, progress=progress)
+    rows = [
+        _row("seen-only baseline (DeepLabv3+, stage 1)", seed, res.stages["segmenter"], res.wall_s),
+        _row("ZS3Net (GloVe)", seed, res.stages["classifier"], res.wall_s),
+        _row("ZS5Net (GloVe, transductive self-training)", seed, res.stages["selftrain"], res.wall_s),
+    ]
+    ctrl = demo_config(out, seed, quick=quick, control=True)
+    ctrl.run_dir.mkdir(parents=True, exist_ok=True)
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(cfg.run_dir / f"segmenter{suffix}", ctrl.run_dir / f"segmenter{suffix}")
+    save_config(ctrl, ctrl.run_dir / "config.yaml")
+    cres = train(ctrl, progress=progress)
+    rows.append(_row("CONTROL: ZS3Net with random class embeddings", seed, cres.stages["classifier"], cres.wall_s))
+    return rows
+
+
+def _zs3net_panels(out: Path, seed: int, quick: bool) -> list[tuple[str, Path]]:
+    run, ctrl = demo_config(out, seed, quick=quick).run_dir, demo_config(out, seed, quick=quick, control=True).run_dir
+    return [("ZS3Net", run / "classifier"), ("ZS5Net", run / "selftrain"), ("control", ctrl / "classifier")]
+
+
+def _zegformer_seed(out: Path, seed: int, quick: bool, progress: bool) -> list[dict]:
+    """ZegFormer and its control, trained separately (the text embeddings are used in training)."""
+    rows = []
+    for control, name in ((False, "ZegFormer (GloVe)"), (True, "CONTROL: ZegFormer with random class embeddings")):
+        cfg = demo_config(out, seed, quick=quick, control=control, method="zegformer")
+        res = METHODS["zegformer"].train(cfg, progress=progress)
+        rows.append(_row(name, seed, res.stages["zegformer"], res.wall_s))
+    return rows
+
+
+def _zegformer_panels(out: Path, seed: int, quick: bool) -> list[tuple[str, Path]]:
+    run = demo_config(out, seed, quick=quick, method="zegformer").run_dir
+    ctrl = demo_config(out, seed, quick=quick, control=True, method="zegformer").run_dir
+    return [("ZegFormer", run / "zegformer"), ("control", ctrl / "zegformer")]
+
+
+DEMOS: dict[str, Demo] = {
+    "zs3net": Demo(
+        method="zs3net",
+        config="synthetic_zs3net",
+        title="ZS3Net / ZS5Net",
+        protocol="Protocol: **strict** (no unseen pixel or mask of any training image is used by ZS3Net; ZS5Net is "
+        "transductive: it pseudo-labels unlabelled training images).",
+        quick=("segmenter.epochs=1", "generator.epochs=1", "classifier.epochs=1", "selftrain.epochs=1", *QUICK_DATA),
+        seed_runs=_zs3net_seed,
+        panel_models=_zs3net_panels,
+    ),
+    "zegformer": Demo(
+        method="zegformer",
+        config="synthetic_zegformer",
+        title="ZegFormer",
+        protocol="Protocol: **inductive** (training images keep their unseen pixels, labelled 'ignore': they "
+        "belong to no target mask, and no unseen class name is embedded before evaluation).",
+        quick=("zegformer.iters=4", *QUICK_DATA),
+        seed_runs=_zegformer_seed,
+        panel_models=_zegformer_panels,
+    ),
+}
+
+
+def get_demo(method: str) -> Demo:
+    """The :class:`Demo` of ``method``; a one-line error listing the available ones otherwise."""
+    if method not in DEMOS:
+        raise ZeroSegError(f"demo method '{method}' is not available; choose from {', '.join(DEMOS)}")
+    return DEMOS[method]
+
+
 def run_demo(
     *,
     out: str | Path = "demo_out",
@@ -82,63 +173,18 @@ def run_demo(
     progress: bool = True,
 ) -> Path:
     """Train and evaluate every run of the demo; returns the path of report.md."""
-    from zeroseg.methods.zs3net import train
-
-    if method not in METHODS:
-        raise ZeroSegError(f"demo method '{method}' is not available; choose from {', '.join(METHODS)}")
+    demo = get_demo(method)
     seeds = seeds or [0, 1, 2]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if method == "zegformer":
-        return _run_zegformer_demo(out, seeds, quick, progress)
     runs: list[dict] = []
     t_start = time.perf_counter()
     for seed in seeds:
-        cfg = demo_config(out, seed, quick=quick)
-        res = train(cfg, progress=progress)
-        seg_wall = res.wall_s
-        runs.append(
-            _row(
-                "seen-only baseline (DeepLabv3+, stage 1)",
-                seed,
-                res.stages["segmenter"],
-                seg_wall,
-            )
-        )
-        runs.append(_row("ZS3Net (GloVe)", seed, res.stages["classifier"], seg_wall))
-        runs.append(_row("ZS5Net (GloVe, transductive self-training)", seed, res.stages["selftrain"], seg_wall))
-        ctrl = demo_config(out, seed, quick=quick, control=True)
-        ctrl.run_dir.mkdir(parents=True, exist_ok=True)
-        for suffix in (".safetensors", ".json"):
-            src = cfg.run_dir / f"segmenter{suffix}"
-            shutil.copyfile(src, ctrl.run_dir / f"segmenter{suffix}")
-        save_config(ctrl, ctrl.run_dir / "config.yaml")
-        cres = train(ctrl, progress=progress)
-        runs.append(_row("CONTROL: ZS3Net with random class embeddings", seed, cres.stages["classifier"], cres.wall_s))
+        runs += demo.seed_runs(out, seed, quick, progress)
     total = time.perf_counter() - t_start
-    (out / "report.json").write_text(json.dumps(runs, indent=2) + "\n")
-    report = out / "report.md"
-    report.write_text(_markdown(runs, seeds, total, quick, out))
-    _panels(out, seeds[0], quick)
-    return report
-
-
-def _run_zegformer_demo(out: Path, seeds: list[int], quick: bool, progress: bool) -> Path:
-    """ZegFormer (GloVe) and its random-embedding control, trained separately per seed (the text embeddings
-    are used during training, so nothing can be shared)."""
-    from zeroseg.methods.zegformer import train
-
-    runs: list[dict] = []
-    t_start = time.perf_counter()
-    for seed in seeds:
-        for control, name in ((False, "ZegFormer (GloVe)"), (True, "CONTROL: ZegFormer with random class embeddings")):
-            res = train(demo_config(out, seed, quick=quick, control=control, method="zegformer"), progress=progress)
-            runs.append(_row(name, seed, res.stages["zegformer"], res.wall_s))
-    total = time.perf_counter() - t_start
-    (out / "report.json").write_text(json.dumps(runs, indent=2) + "\n")
-    report = out / "report.md"
-    report.write_text(_markdown(runs, seeds, total, quick, out, method="zegformer"))
-    _panels(out, seeds[0], quick, method="zegformer")
+    atomic_write_json(out / "report.json", runs)
+    report = atomic_write_text(out / "report.md", _markdown(runs, seeds, total, quick, demo))
+    _panels(out, seeds[0], quick, demo)
     return report
 
 
@@ -157,16 +203,8 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
-PROTOCOLS = {
-    "zs3net": "Protocol: **strict** (no unseen pixel or mask of any training image is used by ZS3Net; ZS5Net is "
-    "transductive: it pseudo-labels unlabelled training images).",
-    "zegformer": "Protocol: **inductive** (training images keep their unseen pixels, labelled 'ignore': they "
-    "belong to no target mask, and no unseen class name is embedded before evaluation).",
-}
-
-
-def _markdown(runs: list[dict], seeds: list[int], total: float, quick: bool, out: Path, method: str = "zs3net") -> str:
-    title = "ZegFormer" if method == "zegformer" else "ZS3Net / ZS5Net"
+def _markdown(runs: list[dict], seeds: list[int], total: float, quick: bool, demo: Demo) -> str:
+    title = demo.title
     command = (
         "Command: `zeroseg demo " + " ".join(sys.argv[2:]) + "`" if len(sys.argv) > 1 else "Command: `zeroseg demo`"
     )
@@ -175,7 +213,7 @@ def _markdown(runs: list[dict], seeds: list[int], total: float, quick: bool, out
         "",
         command,
         "",
-        f"Seeds: {', '.join(map(str, seeds))}. {PROTOCOLS[method]} "
+        f"Seeds: {', '.join(map(str, seeds))}. {demo.protocol} "
         f"Total wall time: {total:.0f} s on {torch.get_num_threads()} CPU threads.",
         "",
     ]
@@ -210,25 +248,17 @@ def _markdown(runs: list[dict], seeds: list[int], total: float, quick: bool, out
     return "\n".join(lines) + "\n"
 
 
-def _panels(out: Path, seed: int, quick: bool, method: str = "zs3net") -> None:
+def _panels(out: Path, seed: int, quick: bool, demo: Demo) -> None:
     """Image | ground truth | each model | control on a few validation images with unseen classes."""
     from zeroseg.data.zero_shot import build_zero_shot_data
     from zeroseg.methods import load_predictor
     from zeroseg.visualize import denormalize, save_panel
 
-    cfg = demo_config(out, seed, quick=quick, method=method)
+    cfg = demo_config(out, seed, quick=quick, method=demo.method)
     data = build_zero_shot_data(cfg.data, progress=False)
-    ctrl = demo_config(out, seed, quick=quick, control=True, method=method)
-    if method == "zegformer":
-        models = [load_predictor(cfg.run_dir / "zegformer"), load_predictor(ctrl.run_dir / "zegformer")]
-        titles = ["image", "ground truth", "ZegFormer", "control"]
-    else:
-        models = [
-            load_predictor(cfg.run_dir / "classifier"),
-            load_predictor(cfg.run_dir / "selftrain"),
-            load_predictor(ctrl.run_dir / "classifier"),
-        ]
-        titles = ["image", "ground truth", "ZS3Net", "ZS5Net", "control"]
+    named = demo.panel_models(out, seed, quick)
+    models = [load_predictor(path) for _, path in named]
+    titles = ["image", "ground truth", *(title for title, _ in named)]
     unseen = np.array(data.unseen_ids)
     rows = []
     for i in range(len(data.val)):
