@@ -24,7 +24,7 @@ def test_cli_train_eval_predict(tmp_path: Path, tiny_config, capsys) -> None:
     assert main(["train", str(cfg), "--quiet"]) == 0
     run = tmp_path / "runs" / "tiny"
     for stage in ("segmenter", "generator", "classifier", "selftrain"):
-        assert (run / f"{stage}.safetensors").is_file() and (run / f"{stage}.json").is_file()
+        assert (run / f"{stage}.safetensors").is_file()
     assert (run / "config.yaml").is_file()
     _, meta = load_checkpoint(run / "classifier")
     assert meta["method"] == "zs3net" and meta["protocol"] == "strict" and not meta["transductive"]
@@ -113,8 +113,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_config, monkeypatch) -
     with pytest.raises(KeyboardInterrupt):
         zs3net.train(killed, progress=False)
     run = killed.run_dir
-    assert (run / "segmenter_last.json").is_file() and not (run / "segmenter.json").exists()
-    assert json.loads((run / "segmenter_last.json").read_text())["epoch"] == 1
+    assert (run / "segmenter_last.safetensors").is_file() and not (run / "segmenter.safetensors").exists()
+    assert load_checkpoint(run / "segmenter_last")[1]["epoch"] == 1
     monkeypatch.setattr(zs3net, "train_one_epoch", real_epoch)
     zs3net.train(killed, progress=False)
 

@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from zeroseg.methods import run_method
 
     cfg = load_config(args.config, args.overrides)
-    result = run_method(cfg, progress=not args.quiet)
+    result = run_method(cfg, progress=not args.quiet, allow_changed=args.allow_changed_config)
     print(f"run directory: {cfg.run_dir}")
     print(f"final checkpoint: {result.checkpoint}")
     for stage, m in result.stages.items():
@@ -220,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="packaged config name (voc_zs3net, ...; see configs/) or YAML experiment file")
     s.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. segmenter.epochs=2")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument(
+        "--allow-changed-config",
+        action="store_true",
+        help="resume a run whose saved config.yaml differs from this config (refused by default)",
+    )
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation set")

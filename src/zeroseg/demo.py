@@ -104,8 +104,7 @@ def _zs3net_seed(out: Path, seed: int, quick: bool, progress: bool) -> list[dict
     ]
     ctrl = demo_config(out, seed, quick=quick, control=True)
     ctrl.run_dir.mkdir(parents=True, exist_ok=True)
-    for suffix in (".safetensors", ".json"):
-        shutil.copyfile(cfg.run_dir / f"segmenter{suffix}", ctrl.run_dir / f"segmenter{suffix}")
+    shutil.copyfile(cfg.run_dir / "segmenter.safetensors", ctrl.run_dir / "segmenter.safetensors")
     save_config(ctrl, ctrl.run_dir / "config.yaml")
     cres = train(ctrl, progress=progress)
     rows.append(_row("CONTROL: ZS3Net with random class embeddings", seed, cres.stages["classifier"], cres.wall_s))

@@ -57,21 +57,36 @@ class Sample:
         return self.image_path.stem
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Decode an image file to RGB.
+#: Pillow modes of 16-bit (and 32-bit integer) grayscale images; their values span 0..65535.
+_WIDE_GREY = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to RGB -- the one image decoder (datasets, ``data check``, ``predict``).
+
+    16-bit grayscale images are scaled to 8 bits (``round(v / 257)``, so 65535 -> 255; Pillow's own conversion
+    would clip every value above 255 to white); 32-bit float images are refused.
 
     Returns:
         image: (H, W, 3) uint8.
 
     Raises:
-        ZeroSegError: missing or undecodable file.
+        ZeroSegError: missing, undecodable or unsupported file (including a decompression bomb), naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise ZeroSegError(f"{path}: image file not found")
     try:
         with Image.open(path) as img:
+            if img.mode in _WIDE_GREY:
+                wide = np.asarray(img).astype(np.float64)
+                grey = np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=2)
+            if img.mode == "F":
+                raise ZeroSegError(f"{path}: floating-point image; save it as an 8- or 16-bit image")
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except ZeroSegError:
+        raise
     except _DECODE_ERRORS as err:
         raise ZeroSegError(f"{path}: cannot decode image ({_short(err)})") from None
 

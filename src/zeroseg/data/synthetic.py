@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from zeroseg.errors import ZeroSegError
+from zeroseg.files import atomic_write_text
 
 #: Nominal RGB of each colour word. Saturated and far apart, so colour alone is never ambiguous.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -288,7 +289,11 @@ def write_benchmark(root: str | Path, cfg: SynthConfig, *, splits: Sequence[str]
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a per-process temporary file and a rename (readers never see a part)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Write ``text`` to ``path`` atomically unless it already holds exactly that (a complete benchmark on a
+    read-only disk is read, never rewritten)."""
+    try:
+        if path.read_text() == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)

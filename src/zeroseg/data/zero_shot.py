@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from zeroseg.data.io import IGNORE, SegmentationDataset
-from zeroseg.data.readers import build_dataset
+from zeroseg.data.readers import build_dataset, get_reader
 from zeroseg.data.splits import Split, load_split
 from zeroseg.data.synthetic import write_benchmark
 from zeroseg.data.transforms import eval_transform, train_transform
@@ -133,11 +133,28 @@ def _first(ds: SegmentationDataset, limit: int | None) -> Dataset:
     return ds if limit is None or limit >= len(ds) else _Subset(ds, list(range(limit)))
 
 
-def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True) -> ZeroShotData:
+class _Empty(Dataset):
+    """No samples: the training sets of an evaluation-only build."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, i: int):
+        raise IndexError(i)
+
+
+def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True, train: bool = True) -> ZeroShotData:
     """Build the datasets of an experiment (see module docstring for the id spaces and the label policy).
 
+    Args:
+        cfg: the data config.
+        progress: a progress bar over the ``drop`` policy's label scan.
+        train: build the training sets; False (evaluation) leaves them empty and reads no training file.
+
     Raises:
-        ZeroSegError: an unknown ``unseen_policy``, an empty split, or a ``drop`` policy that leaves no image.
+        ZeroSegError: an unknown ``unseen_policy``, an empty split, a split made for other classes than the
+            dataset's (another dataset, or a folder whose classes.txt lists them in another order), or a ``drop``
+            policy that leaves no image.
     """
     if cfg.unseen_policy not in UNSEEN_POLICIES:
         raise ZeroSegError(f"unknown unseen-class policy '{cfg.unseen_policy}'; choose 'drop' or 'ignore'")
@@ -150,6 +167,16 @@ def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True) -> ZeroShotD
     if not class_names:
         raise ZeroSegError(f"split '{split.name}': empty class list")
     ds_classes = tuple(split.dataset_class_names)
+    on_disk = tuple(get_reader(reader).class_names(Path(cfg.root)))
+    if on_disk != ds_classes:
+        detail = (
+            "the same classes in another order" if sorted(on_disk) == sorted(ds_classes)
+            else f"{len(on_disk)} classes ({', '.join(on_disk[:3])}, ...)"
+        )
+        raise ZeroSegError(
+            f"{cfg.root}: split '{split.name}' is for dataset '{split.dataset}' ({len(ds_classes)} classes: "
+            f"{', '.join(ds_classes[:3])}, ...) but data.dataset '{cfg.dataset}' here has {detail}"
+        )
     unseen = tuple(split.unseen)
     train_tf = train_transform(cfg.crop_size, cfg.scale_range)
     eval_tf = eval_transform(cfg.eval_size)
@@ -162,6 +189,11 @@ def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True) -> ZeroShotD
 
     # Augmented sets draw from per-sample generators only when data.augmentation_seed is set (see DataConfig).
     aug_seed = cfg.augmentation_seed
+    val = _first(make(cfg.val_split, eval_tf, full_lut), cfg.max_val_images)
+    seen_ids = tuple(i for i, n in enumerate(class_names) if n not in unseen)
+    unseen_ids = tuple(i for i, n in enumerate(class_names) if n in unseen)
+    if not train:
+        return ZeroShotData(split, class_names, seen_ids, unseen_ids, _Empty(), _Empty(), None, _Empty(), val)
     train_full = _first(make(cfg.train_split, train_tf, full_lut, aug_seed), cfg.max_train_images)
     train = _first(make(cfg.train_split, train_tf, seen_lut, aug_seed), cfg.max_train_images)
     train_plain = _first(make(cfg.train_split, eval_tf, seen_lut), cfg.max_train_images)
@@ -181,7 +213,4 @@ def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True) -> ZeroShotD
         train = _Subset(train.base if isinstance(train, _Subset) else train, keep)
         train_plain = _Subset(train_plain.base if isinstance(train_plain, _Subset) else train_plain, keep)
         unlabelled = _Subset(make(cfg.train_split, eval_tf, seen_lut), dropped) if dropped else None
-    val = _first(make(cfg.val_split, eval_tf, full_lut), cfg.max_val_images)
-    seen_ids = tuple(i for i, n in enumerate(class_names) if n not in unseen)
-    unseen_ids = tuple(i for i, n in enumerate(class_names) if n in unseen)
     return ZeroShotData(split, class_names, seen_ids, unseen_ids, train, train_plain, unlabelled, train_full, val)

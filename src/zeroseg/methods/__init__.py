@@ -26,7 +26,8 @@ class Method:
 
     Attributes:
         name: the method's name everywhere (config, checkpoint, CLI).
-        train: ``train(cfg, progress=...) -> RunResult``: every stage, resuming after the last complete one.
+        train: ``train(cfg, progress=..., allow_changed=...) -> RunResult``: every stage, resuming after the last
+            complete one.
         predictor: ``predictor(checkpoint, device=...)`` of a final checkpoint: ``.predict(images)``,
             ``.set_classes(names)``, ``.class_names``, ``.meta``.
         evaluate: ``evaluate(cfg, checkpoint, progress=...) -> dict`` on ``cfg.data``'s validation set.
@@ -62,9 +63,10 @@ def get_method(name: str) -> Method:
     return method
 
 
-def run_method(cfg: ExperimentConfig, *, progress: bool = True):
-    """Train ``cfg.method`` end to end (every stage, resuming after the last complete one)."""
-    return get_method(cfg.method).train(cfg, progress=progress)
+def run_method(cfg: ExperimentConfig, *, progress: bool = True, allow_changed: bool = False):
+    """Train ``cfg.method`` end to end (every stage, resuming after the last complete one; a run directory whose
+    saved config differs is refused unless ``allow_changed``)."""
+    return get_method(cfg.method).train(cfg, progress=progress, allow_changed=allow_changed)
 
 
 def checkpoint_method(checkpoint: str | Path) -> Method:

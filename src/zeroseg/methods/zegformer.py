@@ -40,16 +40,19 @@ from zeroseg.config import ExperimentConfig, ZegFormerConfig, to_dict
 from zeroseg.data.zero_shot import IGNORE, ZeroShotData
 from zeroseg.engine.checkpoint import (
     checkpoint_exists,
+    checkpoint_path,
     load_checkpoint,
+    load_into,
     load_training_state,
     prefixed,
+    require,
     save_training_state,
     unprefixed,
 )
 from zeroseg.engine.distributed import broadcast_state, is_main, maybe_sync_batchnorm, world_size
 from zeroseg.engine.evaluator import evaluate_predictor
 from zeroseg.engine.loaders import infinite_batches, training_loader
-from zeroseg.engine.run import RunResult, join, log, prepare_data, start_run
+from zeroseg.engine.run import Run, RunResult, join, log, prepare_data, start_run
 from zeroseg.engine.train import check_engine_config, float_outputs, parallel, poly_lambda, split_batch, train_step
 from zeroseg.errors import ZeroSegError
 from zeroseg.methods.predict import vocabulary
@@ -289,9 +292,13 @@ def checkpoint_meta(cfg: ExperimentConfig, data: ZeroShotData, text_dim: int) ->
     }
 
 
-def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
+def train(cfg: ExperimentConfig, *, progress: bool = True, allow_changed: bool = False) -> RunResult:
     """Train ZegFormer on the seen classes of ``cfg.data``, evaluate it, write ``<run>/zegformer``."""
-    run = start_run(cfg, progress=progress)
+    with start_run(cfg, progress=progress, allow_changed=allow_changed) as run:
+        return _train(run)
+
+
+def _train(run: Run) -> RunResult:
     cfg, progress, device = run.cfg, run.progress, run.device
     data = run.data()
     seen_names = [data.class_names[i] for i in data.seen_ids]
@@ -311,8 +318,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
     path = run.finish_stage(STAGE, tensors, meta, metrics)
     if is_main():
         # The resume state (weights + AdamW moments) is not needed once the final checkpoint exists.
-        for suffix in (".safetensors", ".json"):
-            (run.dir / f"{STAGE}_last{suffix}").unlink(missing_ok=True)
+        checkpoint_path(run.dir / f"{STAGE}_last").unlink(missing_ok=True)
     return run.result(path)
 
 
@@ -373,8 +379,15 @@ class ZegFormerPredictor:
         tensors, meta = load_checkpoint(checkpoint)
         if meta.get("method") != "zegformer":
             raise ZeroSegError(f"{checkpoint}: not a ZegFormer checkpoint (method {meta.get('method')!r})")
-        model = ZegFormer(**meta["model"])
-        model.load_state_dict(unprefixed(tensors, "model."))
+        keys = ("class_names", "seen_ids", "unseen_ids", "encoder", "embed_dim", "model", "inference")
+        require(meta, keys, checkpoint)
+        if "text.eval" not in tensors:
+            raise ZeroSegError(f"{checkpoint_path(checkpoint)}: checkpoint lacks the tensor text.eval")
+        try:
+            model = ZegFormer(**meta["model"])
+        except (TypeError, ZeroSegError) as e:
+            raise ZeroSegError(f"{checkpoint_path(checkpoint)}: unusable model metadata ({e})") from None
+        load_into(model, unprefixed(tensors, "model."), checkpoint, "the network")
         return cls(model, meta, tensors["text.eval"], device=device, options=options)
 
     def use_clip_branch(self, branch: Any, text_clip: torch.Tensor) -> None:
@@ -458,7 +471,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, *, progre
     cfg = join(cfg)
     options = InferenceOptions.from_config(cfg.zegformer)
     predictor = ZegFormerPredictor.from_checkpoint(checkpoint, device=cfg.device, options=options)
-    data = prepare_data(cfg.data, progress=progress)
+    data = prepare_data(cfg.data, progress=progress, train=False)
     if tuple(data.class_names) != predictor.class_names:
         predictor.set_classes(list(data.class_names))
     metrics = evaluate_predictor(

@@ -54,9 +54,12 @@ from zeroseg.data.transforms import train_transform
 from zeroseg.data.zero_shot import IGNORE, ZeroShotData
 from zeroseg.engine.checkpoint import (
     checkpoint_exists,
+    checkpoint_path,
     load_checkpoint,
+    load_into,
     load_training_state,
     prefixed,
+    require,
     save_training_state,
     unprefixed,
 )
@@ -70,7 +73,7 @@ from zeroseg.engine.distributed import (
 )
 from zeroseg.engine.evaluator import evaluate_predictor
 from zeroseg.engine.loaders import make_loader, prepare_epoch, set_dataset_epoch, training_loader
-from zeroseg.engine.run import RunResult, join, log, prepare_data, start_run
+from zeroseg.engine.run import Run, RunResult, join, log, prepare_data, set_rng_state, start_run
 from zeroseg.engine.train import check_engine_config, parallel, poly_lambda, train_one_epoch
 from zeroseg.errors import ZeroSegError
 from zeroseg.generative import (
@@ -475,9 +478,18 @@ def evaluate_segmenter(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroSh
     )
 
 
-def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
-    """Run every stage of ZS3Net (and ZS5Net when ``selftrain.enabled``), resuming after the last done."""
-    run = start_run(cfg, progress=progress)
+def train(cfg: ExperimentConfig, *, progress: bool = True, allow_changed: bool = False) -> RunResult:
+    """Run every stage of ZS3Net (and ZS5Net when ``selftrain.enabled``), resuming after the last done.
+
+    A resumed run continues bit for bit as the uninterrupted one: each stage checkpoint carries the random
+    states (:func:`~zeroseg.engine.run.rng_state`), restored before the next stage.
+    """
+    with start_run(cfg, progress=progress, allow_changed=allow_changed) as run:
+        return run_stages(run)
+
+
+def run_stages(run: Run) -> RunResult:
+    """The stages of ZS3Net/ZS5Net in an open :class:`~zeroseg.engine.run.Run` (ZS-MMD runs them in its own)."""
     cfg, progress, device = run.cfg, run.progress, run.device
     data = run.data()
     emb = class_embeddings(cfg.text.encoder, data.class_names)
@@ -513,6 +525,7 @@ def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
         gen.load_state_dict(unprefixed(tensors, "generator."))
         if gcn is not None and any(k.startswith("gcn.") for k in tensors):
             gcn.load_state_dict(unprefixed(tensors, "gcn."))
+        set_rng_state(tensors)
         _log(f"[{last_done}] complete checkpoint found, skipping")
     for stage in todo:
         if stage == "segmenter":
@@ -545,13 +558,20 @@ class ZS3Predictor:
 
         checkpoint_method(checkpoint)  # a final checkpoint of ZS3Net, ZS5Net or ZS-MMD, or a one-line error
         tensors, meta = load_checkpoint(checkpoint)
+        require(meta, ("class_names", "seen_ids", "encoder", "segmenter", "generator"), checkpoint)
+        for key in ("bank.features", "bank.labels"):
+            if key not in tensors:
+                raise ZeroSegError(f"{checkpoint_path(checkpoint)}: checkpoint lacks the tensor {key}")
         self.meta, self.device = meta, torch.device(device)
         self.class_names: tuple[str, ...] = tuple(meta["class_names"])
-        self.model = DeepLabV3Plus(**meta["segmenter"])
-        self.model.load_state_dict(unprefixed(tensors, "segmenter."))
+        try:
+            self.model = DeepLabV3Plus(**meta["segmenter"])
+            self.generator = GMMNGenerator(**meta["generator"])
+        except TypeError as e:
+            raise ZeroSegError(f"{checkpoint_path(checkpoint)}: unusable model metadata ({e})") from None
+        load_into(self.model, unprefixed(tensors, "segmenter."), checkpoint, "the segmenter")
         self.model.to(self.device).eval()
-        self.generator = GMMNGenerator(**meta["generator"])
-        self.generator.load_state_dict(unprefixed(tensors, "generator."))
+        load_into(self.generator, unprefixed(tensors, "generator."), checkpoint, "the generator")
         self.generator.to(self.device).eval()
         self.bank_x = tensors["bank.features"]
         self.bank_y = tensors["bank.labels"]
@@ -628,11 +648,17 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, *, progre
     cfg = join(cfg)
     predictor = ZS3Predictor(checkpoint, device=cfg.device)
     meta = predictor.meta
-    data = prepare_data(cfg.data, progress=progress)
+    data = prepare_data(cfg.data, progress=progress, train=False)
     if list(data.class_names) != meta["class_names"]:
         raise ZeroSegError(
             f"{checkpoint}: trained for classes {meta['class_names'][:4]}..., config's split has "
             f"{list(data.class_names)[:4]}... (different split or dataset)"
+        )
+    if list(data.unseen_ids) != list(meta.get("unseen_ids", data.unseen_ids)):
+        theirs = [meta["class_names"][i] for i in meta["unseen_ids"]]
+        raise ZeroSegError(
+            f"{checkpoint}: trained with unseen classes {theirs}, the config's split '{data.split.name}' has "
+            f"{[data.class_names[i] for i in data.unseen_ids]}; evaluate with the split it was trained on"
         )
     metrics = evaluate_predictor(
         lambda x: predictor.predict(x)[0], data, cfg.data, device=predictor.device, progress=progress and is_main()

@@ -49,7 +49,7 @@ from zeroseg.data.zero_shot import ZeroShotData
 from zeroseg.engine.checkpoint import load_checkpoint, prefixed, unprefixed
 from zeroseg.engine.distributed import broadcast_state
 from zeroseg.engine.loaders import make_loader
-from zeroseg.engine.run import RunResult, seed_everything, start_run
+from zeroseg.engine.run import Run, RunResult, seed_everything, start_run
 from zeroseg.engine.run import log as _log
 from zeroseg.errors import ZeroSegError
 from zeroseg.generative import (
@@ -194,19 +194,24 @@ def _check(cfg: ExperimentConfig) -> None:
         raise ZeroSegError("zs_mmd.max_pseudo_per_class and zs_mmd.min_pseudo_per_class must be >= 1")
 
 
-def train(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
+def train(cfg: ExperimentConfig, *, progress: bool = True, allow_changed: bool = False) -> RunResult:
     """ZS3Net (round 0), then ``zs_mmd.rounds`` rounds of pseudo-features -> generator -> classifier.
 
     Resumable: ZS3Net's stages resume as in :func:`zeroseg.methods.zs3net.train`; every finished round has a
     checkpoint ``<run>/zs_mmd_round{r}`` and is skipped on a re-run.
     """
     _check(cfg)
-    z = cfg.zs_mmd
     # Round 0 is plain ZS3Net; ZS5Net self-training is a different method and stays off.
-    base = dataclasses.replace(cfg, selftrain=dataclasses.replace(cfg.selftrain, enabled=False))
-    zs3net.train(base, progress=progress)
-    run = start_run(cfg, progress=progress)
+    cfg = dataclasses.replace(cfg, selftrain=dataclasses.replace(cfg.selftrain, enabled=False))
+    with start_run(cfg, progress=progress, allow_changed=allow_changed) as run:
+        zs3net.run_stages(run)
+        return _rounds(run)
+
+
+def _rounds(run: Run) -> RunResult:
+    """Rounds 1..``zs_mmd.rounds`` after ZS3Net's stages, in the same run."""
     cfg, progress, device = run.cfg, run.progress, run.device
+    z = cfg.zs_mmd
     data = run.data()
     emb = class_embeddings(cfg.text.encoder, data.class_names)
     model = build_segmenter(cfg, len(data.class_names)).to(device)
