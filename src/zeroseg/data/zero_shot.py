@@ -151,7 +151,9 @@ def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True) -> ZeroShotD
         raise ZeroSegError(f"split '{split.name}': empty class list")
     ds_classes = tuple(split.dataset_class_names)
     unseen = tuple(split.unseen)
-    train_tf = train_transform(cfg.crop_size, cfg.scale_range)
+    train_tf = train_transform(
+        cfg.crop_size, cfg.scale_range, pad_value=cfg.train_pad_value, pad_last=cfg.train_pad_last
+    )
     eval_tf = eval_transform(cfg.eval_size)
 
     full_lut = label_lut(ds_classes, class_names)
