@@ -12,10 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from zeroseg.config import load_config
+from zeroseg.config import DataConfig, load_config
 from zeroseg.data.classes import COCO_STUFF_171_CLASSES, official_prompt_name
 from zeroseg.data.splits import load_split
+from zeroseg.data.synthetic import SynthConfig
 from zeroseg.data.transforms import Normalize, eval_transform, shortest_edge_size, train_transform
+from zeroseg.data.zero_shot import build_zero_shot_data
 from zeroseg.methods.zegformer import InferenceOptions, ZegFormerPredictor
 from zeroseg.text import class_embeddings
 from zeroseg.text.clip import ClipTextEncoder
@@ -159,6 +161,23 @@ def test_default_training_pad_is_unchanged_black_before_the_flip():
     out_img, out_lab = train_transform(8, (1.0, 1.0), flip_p=1.0)(image, torch.zeros(4, 6, dtype=torch.long))
     # padded inside the crop (bottom/right) with 0, then flipped: the padding columns end up on the left.
     assert (out_img[:, :4, 2:] == 1).all() and (out_img[:, :, :2] == 0).all() and (out_lab[:, :2] == 255).all()
+
+
+def test_data_config_pad_reaches_the_training_set(tmp_path):
+    cfg = DataConfig(
+        root=str(tmp_path / "synth"),
+        unseen_policy="ignore",
+        crop_size=32,
+        scale_range=(1.0, 1.0),
+        train_pad_value=128,
+        train_pad_last=True,
+        synthetic=SynthConfig(num_train=2, num_val=1, image_size=16),
+    )
+    image, label, _ = build_zero_shot_data(cfg, progress=False).train[0]
+    assert image.shape == (3, 32, 32) and (label[16:, :] == 255).all() and (label[:, 16:] == 255).all()
+    official = torch.tensor([(128 - 123.675) / 58.395, (128 - 116.280) / 57.120, (128 - 103.530) / 57.375])
+    torch.testing.assert_close(image[:, 31, 31], official, atol=1e-5, rtol=0)
+    torch.testing.assert_close(image[:, 31, 0], official, atol=1e-5, rtol=0)  # the bottom rows are padding over the whole width
 
 
 def test_official_configs_pad_training_images_like_the_mapper():
