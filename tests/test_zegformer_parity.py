@@ -177,7 +177,8 @@ def test_data_config_pad_reaches_the_training_set(tmp_path):
     assert image.shape == (3, 32, 32) and (label[16:, :] == 255).all() and (label[:, 16:] == 255).all()
     official = torch.tensor([(128 - 123.675) / 58.395, (128 - 116.280) / 57.120, (128 - 103.530) / 57.375])
     torch.testing.assert_close(image[:, 31, 31], official, atol=1e-5, rtol=0)
-    torch.testing.assert_close(image[:, 31, 0], official, atol=1e-5, rtol=0)  # the bottom rows are padding over the whole width
+    # The bottom rows are padding over the whole width.
+    torch.testing.assert_close(image[:, 31, 0], official, atol=1e-5, rtol=0)
 
 
 def test_official_configs_pad_training_images_like_the_mapper():

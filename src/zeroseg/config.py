@@ -220,7 +220,7 @@ class ZegFormerConfig:
         no_object_weight / mask_weight / dice_weight: loss weights (official 0.1 / 20 / 1).
         deep_supervision: losses on every decoder layer (official true).
         iters / lr / weight_decay / backbone_lr_mult / poly_power / clip_grad_norm: AdamW with a poly
-            schedule; official VOC 10k (or 20k) iters, COCO-Stuff 60k, 1e-4, 1e-4, 0.1, 0.9, full-model
+            schedule; official VOC 10k (or 30k) iters, COCO-Stuff 60k, 1e-4, 1e-4, 0.1, 0.9, full-model
             L2 gradient clipping at 0.01.
         train_templates / test_templates: prompt-template sets for CLIP text encoders (``single``,
             ``imagenet_select``, ...; see ``zeroseg.text.prompts``). Ignored by word-vector encoders.
