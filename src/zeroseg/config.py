@@ -37,8 +37,14 @@ class DataConfig:
         train_split / val_split: file-list names of the reader ("train", "train_aug", "val", ...).
         unseen_policy: how training labels treat unseen classes: "drop" removes training images that contain
             any unseen pixel (ZS3Net's rule), "ignore" relabels unseen pixels 255 (SPNet/ZegFormer).
-        crop_size: training crop side; eval_size: evaluation resize (None = native size).
+        crop_size: training crop side; eval_size: evaluation resize of image AND label (None = native size; a
+            method may still resize the image for its network and its predictions back, e.g. ZegFormer's
+            ``zegformer.test_min_size``).
         scale_range: random rescaling range for training.
+        train_pad_value: raw RGB value (0..255) that pads training images smaller than the crop (0 = black;
+            MaskFormer/ZegFormer's semantic mapper pads with 128); labels are padded with 255.
+        train_pad_last: pad after the horizontal flip, so padding is always at the bottom/right (MaskFormer's
+            mapper pads after all augmentations); False pads inside the random crop, before the flip.
         batch_size / eval_batch_size / num_workers: loader settings (``batch_size`` is the global batch of one
             optimiser step, split over the ranks under torchrun).
         augmentation_seed: None (default): the random scale/crop/flip of training images is drawn from the
@@ -58,6 +64,8 @@ class DataConfig:
     crop_size: int = 64
     eval_size: int | None = None
     scale_range: tuple[float, float] = (0.75, 1.25)
+    train_pad_value: float = 0.0
+    train_pad_last: bool = False
     batch_size: int = 16
     eval_batch_size: int = 16
     num_workers: int = 0
@@ -69,9 +77,17 @@ class DataConfig:
 
 @dataclass
 class TextConfig:
-    """Class-name embeddings: an encoder spec of :func:`zeroseg.text.get_encoder`."""
+    """Class-name embeddings: an encoder spec of :func:`zeroseg.text.get_encoder`.
+
+    Attributes:
+        encoder: the encoder spec.
+        class_name_style: how dataset class names reach the encoder (:func:`zeroseg.text.class_embeddings`):
+            "natural" words ("tvmonitor" -> "tv monitor"; what word-vector encoders need) or "verbatim", the
+            strings ZegFormer's official class JSONs hold ("tvmonitor", "wall-concrete"; its CLIP prompts).
+    """
 
     encoder: str = "glove-6b-50d"
+    class_name_style: Literal["natural", "verbatim"] = "natural"
 
 
 @dataclass
@@ -204,7 +220,7 @@ class ZegFormerConfig:
         no_object_weight / mask_weight / dice_weight: loss weights (official 0.1 / 20 / 1).
         deep_supervision: losses on every decoder layer (official true).
         iters / lr / weight_decay / backbone_lr_mult / poly_power / clip_grad_norm: AdamW with a poly
-            schedule; official VOC 10k (or 20k) iters, COCO-Stuff 60k, 1e-4, 1e-4, 0.1, 0.9, full-model
+            schedule; official VOC 10k (or 30k) iters, COCO-Stuff 60k, 1e-4, 1e-4, 0.1, 0.9, full-model
             L2 gradient clipping at 0.01.
         train_templates / test_templates: prompt-template sets for CLIP text encoders (``single``,
             ``imagenet_select``, ...; see ``zeroseg.text.prompts``). Ignored by word-vector encoders.
@@ -217,13 +233,19 @@ class ZegFormerConfig:
             crop at a time), "batched" (all crops of the batch at once, skipped queries left out) or "pool"
             (encode each image once and average CLIP's dense features under each mask).
         ensemble: "seen_unseen" (official ``ENSEMBLING``: CLIP weighs more on unseen classes, its seen-class
-            probabilities are averaged) or "all_classes" (``ENSEMBLING_ALL_CLS``: the same rule for every class,
-            for cross-dataset vocabularies).
+            probabilities are averaged), "all_classes" (``ENSEMBLING_ALL_CLS``: the same rule for every class) or
+            "none" (CLIP branch on, both ensembling flags off: the CLIP logits, with the segment branch's no-object
+            logit appended, replace the segment logits; ``mask_former_model.py:383-384``).
         ensemble_lambda: the geometric fusion weight (official 2/3).
         gzero_calibrate: subtracted from seen-class scores after inference (official 0.1 with the CLIP
             branch; 0 disables).
         skip_empty / skip_no_object: fast path (any clip_mode) -- skip CLIP for queries with an empty mask, or whose
             no-object probability exceeds ``skip_no_object`` (None: never).
+        test_min_size / test_max_size: test-time resize of the image for the network (detectron2
+            ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``: shorter side to ``test_min_size``, longer side at
+            most ``test_max_size``); the scores are resized back bilinearly to the image's own size
+            (``sem_seg_postprocess``), so the ground truth is never resized. None: the network sees the image as
+            given (``data.eval_size``).
     """
 
     backbone: str = "resnet101"
@@ -255,11 +277,13 @@ class ZegFormerConfig:
     clip_templates: str = "imagenet_select_clip"
     clip_style: Literal["cropmask", "mask", "crop"] = "cropmask"
     clip_mode: Literal["per_image", "sequential", "batched", "pool"] = "per_image"
-    ensemble: Literal["seen_unseen", "all_classes"] = "seen_unseen"
+    ensemble: Literal["seen_unseen", "all_classes", "none"] = "seen_unseen"
     ensemble_lambda: float = 2.0 / 3.0
     gzero_calibrate: float = 0.1
     skip_empty: bool = False
     skip_no_object: float | None = None
+    test_min_size: int | None = None
+    test_max_size: int | None = None
 
     def model_kwargs(self, text_dim: int) -> dict[str, Any]:
         """Keyword arguments of :class:`~zeroseg.modules.zegformer.ZegFormer` (stored in checkpoint metadata;

@@ -238,6 +238,27 @@ def resolve_class_name(dataset: str, name: str, classes: Sequence[str] | None = 
     raise ZeroSegError(f"unknown class '{name}' for dataset '{dataset}'{hint}")
 
 
+#: How class names reach a text encoder (``text.class_name_style``): ``natural`` words (:func:`natural_name`) or
+#: the official ZegFormer strings ``verbatim`` (:func:`official_prompt_name`).
+CLASS_NAME_STYLES: tuple[str, ...] = ("natural", "verbatim")
+
+#: zeroseg spellings that differ from the strings ZegFormer's class JSONs hold (and embeds verbatim). VOC: zeroseg
+#: follows mmsegmentation's ``pottedplant``; ZegFormer's ``datasets/pascal/create_voc_class_names_json.py:20``
+#: (= ``register_pascal_voc.py:24``) writes ``"potted plant"``. Every other VOC name (``aeroplane``,
+#: ``diningtable``, ``motorbike``, ``tvmonitor``, ...) and all 171 COCO-Stuff names
+#: (``datasets/coco-stuff/create_cocostuff_class_names_json.py:6-178``) are spelled identically.
+OFFICIAL_PROMPT_NAMES: dict[str, str] = {"pottedplant": "potted plant"}
+
+
+def official_prompt_name(name: str) -> str:
+    """The string ZegFormer's official code puts into its prompt templates for a zeroseg class name.
+
+    ``"tvmonitor"`` -> ``"tvmonitor"``, ``"wall-concrete"`` -> ``"wall-concrete"``, ``"pottedplant"`` ->
+    ``"potted plant"`` (:data:`OFFICIAL_PROMPT_NAMES`); any other name is returned unchanged.
+    """
+    return OFFICIAL_PROMPT_NAMES.get(name, name)
+
+
 def natural_name(name: str) -> str:
     """Turn a dataset class name into plain words for a text encoder.
 

@@ -62,6 +62,26 @@ def resize_pair(image: torch.Tensor, label: torch.Tensor, size: tuple[int, int],
     return image, label
 
 
+def shortest_edge_size(h: int, w: int, short_edge: int, max_size: int | None = None) -> tuple[int, int]:
+    """Output ``(height, width)`` of detectron2's ``ResizeShortestEdge.get_output_shape``.
+
+    The shorter side becomes ``short_edge`` (the longer one scales alike); if the longer side then exceeds
+    ``max_size``, both are scaled down so that it equals ``max_size``; each side is rounded half up.
+
+    Args:
+        h, w: input size.
+        short_edge: target length of the shorter side (``INPUT.MIN_SIZE_TEST``).
+        max_size: the longest side allowed (``INPUT.MAX_SIZE_TEST``); None: no limit.
+    """
+    size = float(short_edge)
+    scale = size / min(h, w)
+    newh, neww = (size, scale * w) if h < w else (scale * h, size)
+    if max_size is not None and max(newh, neww) > max_size:
+        shrink = max_size / max(newh, neww)
+        newh, neww = newh * shrink, neww * shrink
+    return int(newh + 0.5), int(neww + 0.5)
+
+
 class Compose:
     """Apply paired transforms in order, threading the same generator through."""
 
@@ -112,27 +132,66 @@ class RandomCrop:
         crop_size: int or (height, width).
         image_pad: fill value for padded image pixels (0 = black in [0, 1] space).
         label_pad: fill value for padded label pixels (255 = ignore).
+        pad: False cuts a window of at most ``crop_size`` and never pads (detectron2's ``RandomCrop`` of type
+            ``"absolute"``: ``min(crop, size)`` per side), leaving the padding to :class:`PadTo` after the flip.
     """
 
-    def __init__(self, crop_size: int | Sequence[int], image_pad: float = 0.0, label_pad: int = IGNORE) -> None:
+    def __init__(
+        self, crop_size: int | Sequence[int], image_pad: float = 0.0, label_pad: int = IGNORE, pad: bool = True
+    ) -> None:
         self.crop_size = _pair_size(crop_size, "RandomCrop")
         self.image_pad = float(image_pad)
         self.label_pad = int(label_pad)
+        self.pad = bool(pad)
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None) -> Pair:
         ch, cw = self.crop_size
         h, w = image.shape[-2:]
-        pad_h, pad_w = max(ch - h, 0), max(cw - w, 0)
-        if pad_h or pad_w:
-            image = F.pad(image, (0, pad_w, 0, pad_h), value=self.image_pad)
-            label = F.pad(label, (0, pad_w, 0, pad_h), value=self.label_pad)
+        if self.pad:
+            image, label = pad_pair(image, label, (ch, cw), self.image_pad, self.label_pad)
             h, w = image.shape[-2:]
+        ch, cw = min(ch, h), min(cw, w)
         top = _randint(h - ch, generator)
         left = _randint(w - cw, generator)
         return image[:, top : top + ch, left : left + cw], label[top : top + ch, left : left + cw]
 
     def __repr__(self) -> str:
-        return f"RandomCrop(crop_size={self.crop_size})"
+        return f"RandomCrop(crop_size={self.crop_size}, pad={self.pad})"
+
+
+def pad_pair(
+    image: torch.Tensor, label: torch.Tensor, size: tuple[int, int], image_pad: float, label_pad: int = IGNORE
+) -> Pair:
+    """Pad image ``(3, H, W)`` and label ``(H, W)`` at the bottom/right to at least ``size`` (h, w)."""
+    h, w = image.shape[-2:]
+    pad_h, pad_w = max(size[0] - h, 0), max(size[1] - w, 0)
+    if pad_h or pad_w:
+        image = F.pad(image, (0, pad_w, 0, pad_h), value=image_pad)
+        label = F.pad(label, (0, pad_w, 0, pad_h), value=label_pad)
+    return image, label
+
+
+class PadTo:
+    """Pad (bottom/right) to at least ``size``: MaskFormer's semantic mapper pads every training image to
+    ``SIZE_DIVISIBILITY`` after all augmentations (``mask_former_semantic_dataset_mapper.py:135-147``).
+
+    Args:
+        size: int or (height, width).
+        image_pad: fill value for padded image pixels, in the image's own space ([0, 1]: 128 / 255 is the
+            mapper's raw grey 128).
+        label_pad: fill value for padded label pixels (the ignore label 255, as the mapper's ``ignore_label``).
+    """
+
+    def __init__(self, size: int | Sequence[int], image_pad: float = 0.0, label_pad: int = IGNORE) -> None:
+        self.size = _pair_size(size, "PadTo")
+        self.image_pad = float(image_pad)
+        self.label_pad = int(label_pad)
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None) -> Pair:
+        return pad_pair(image, label, self.size, self.image_pad, self.label_pad)
+
+    def __repr__(self) -> str:
+        return f"PadTo(size={self.size}, image_pad={self.image_pad})"
 
 
 class RandomHorizontalFlip:
@@ -198,16 +257,34 @@ def train_transform(
     *,
     base_size: int | None = None,
     flip_p: float = 0.5,
+    pad_value: float = 0.0,
+    pad_last: bool = False,
 ) -> Compose:
-    """Training augmentation: random scale, random crop with padding (image 0, label 255), h-flip.
+    """Training augmentation: random scale, random crop with padding (image ``pad_value``, label 255), h-flip.
 
     Args:
         crop_size: output size, int or (height, width).
         scale_range: random scale factor range.
         base_size: see :class:`RandomScale`.
         flip_p: horizontal flip probability.
+        pad_value: raw RGB value 0..255 of padded image pixels (the image is in [0, 1], so ``pad_value / 255``
+            is written); 0 = black, 128 = MaskFormer/ZegFormer's grey.
+        pad_last: crop without padding, flip, then pad at the bottom/right (MaskFormer's semantic mapper);
+            False pads inside the crop, before the flip (the padding may then end up on the left).
     """
-    return Compose([RandomScale(scale_range, base_size), RandomCrop(crop_size), RandomHorizontalFlip(flip_p)])
+    fill = float(pad_value) / 255.0
+    if pad_last:
+        return Compose(
+            [
+                RandomScale(scale_range, base_size),
+                RandomCrop(crop_size, pad=False),
+                RandomHorizontalFlip(flip_p),
+                PadTo(crop_size, image_pad=fill),
+            ]
+        )
+    return Compose(
+        [RandomScale(scale_range, base_size), RandomCrop(crop_size, image_pad=fill), RandomHorizontalFlip(flip_p)]
+    )
 
 
 def eval_transform(size: int | Sequence[int] | None = None, *, resize_label: bool = True) -> Compose:

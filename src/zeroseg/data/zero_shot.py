@@ -178,7 +178,9 @@ def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True, train: bool 
             f"{', '.join(ds_classes[:3])}, ...) but data.dataset '{cfg.dataset}' here has {detail}"
         )
     unseen = tuple(split.unseen)
-    train_tf = train_transform(cfg.crop_size, cfg.scale_range)
+    train_tf = train_transform(
+        cfg.crop_size, cfg.scale_range, pad_value=cfg.train_pad_value, pad_last=cfg.train_pad_last
+    )
     eval_tf = eval_transform(cfg.eval_size)
 
     full_lut = label_lut(ds_classes, class_names)

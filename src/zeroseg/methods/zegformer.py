@@ -14,10 +14,13 @@ The pipeline, top to bottom, as :func:`train` and :class:`ZegFormerPredictor` ru
    norms and queries), backbone lr x 0.1, poly schedule, full-model gradient clipping at 0.01 -- the official
    ``train_net.py``/configs (``docs/zegformer_official.md``). Iteration-based, resumable from
    ``<run>/zegformer_last`` after a kill.
-4. **Inference** -- class probabilities (softmax, no-object dropped) times sigmoid masks, summed over queries
-   (``semantic_inference``); optionally fused with the **CLIP image branch** (each query's masked crop
-   classified by CLIP, geometric ensembling with lambda = 2/3, seen and unseen treated asymmetrically); the
-   seen-class scores are lowered by ``gzero_calibrate`` (0.1 officially) before the argmax.
+4. **Inference** -- the image is resized for the network (``test_min_size``/``test_max_size``, detectron2's
+   ``ResizeShortestEdge``) and zero-padded to a multiple of 32; class probabilities (softmax, no-object dropped)
+   times sigmoid masks, summed over queries (``semantic_inference``); optionally fused with the **CLIP image
+   branch** (each query's masked crop of the CLIP-normalised, then zero-padded image classified by CLIP,
+   geometric ensembling with lambda = 2/3, seen and unseen treated asymmetrically); the scores are cropped to the
+   resized image and resized bilinearly back to the input size (``sem_seg_postprocess``), then the seen-class
+   scores are lowered by ``gzero_calibrate`` (0.1 officially) before the argmax.
 
 The final checkpoint is ``<run>/zegformer.safetensors`` + ``.json``; ``zeroseg eval`` and ``zeroseg predict``
 (with any class list) read it.
@@ -36,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from zeroseg.config import ExperimentConfig, ZegFormerConfig, to_dict
+from zeroseg.config import ExperimentConfig, TextConfig, ZegFormerConfig, to_dict
+from zeroseg.data.transforms import shortest_edge_size
 from zeroseg.data.zero_shot import IGNORE, ZeroShotData
 from zeroseg.engine.checkpoint import (
     checkpoint_exists,
@@ -71,7 +75,8 @@ _log = log
 @dataclass(frozen=True)
 class InferenceOptions:
     """How a trained ZegFormer turns segments into a label map (stored in checkpoint metadata; see
-    :class:`~zeroseg.config.ZegFormerConfig` for each field's meaning and official value)."""
+    :class:`~zeroseg.config.ZegFormerConfig` for each field's meaning and official value, and
+    :class:`~zeroseg.config.TextConfig` for ``class_name_style``, how a new vocabulary's names are embedded)."""
 
     test_templates: str = "single"
     clip_image: str | None = None
@@ -83,20 +88,31 @@ class InferenceOptions:
     gzero_calibrate: float = 0.1
     skip_empty: bool = False
     skip_no_object: float | None = None
+    test_min_size: int | None = None
+    test_max_size: int | None = None
+    class_name_style: str = "natural"
 
     @classmethod
-    def from_config(cls, z: ZegFormerConfig) -> InferenceOptions:
-        """The options of a :class:`~zeroseg.config.ZegFormerConfig` (its fields of the same names)."""
-        return cls(**{f.name: getattr(z, f.name) for f in dataclasses.fields(cls)})
+    def from_config(cls, z: ZegFormerConfig, text: TextConfig | None = None) -> InferenceOptions:
+        """The options of a :class:`~zeroseg.config.ZegFormerConfig` (its fields of the same names) and, when
+        given, ``text.class_name_style`` (else ``"natural"``)."""
+        values = {f.name: getattr(z, f.name) for f in dataclasses.fields(cls) if hasattr(z, f.name)}
+        if text is not None:
+            values["class_name_style"] = text.class_name_style
+        return cls(**values)
 
 
 # --------------------------------------------------------------------------------------------- pieces
-def text_embeddings(encoder: str, class_names: Sequence[str], templates: str) -> torch.Tensor:
+def text_embeddings(
+    encoder: str, class_names: Sequence[str], templates: str, style: str = "natural"
+) -> torch.Tensor:
     """``(C, D)`` L2-normalised class embeddings; CLIP encoders use the prompt-template set ``templates``.
 
     Word-vector and other encoders ignore ``templates`` (ZegFormer's word-vector variant uses none either).
+    ``style`` is ``text.class_name_style``: ``"verbatim"`` puts the official class-JSON strings into the templates
+    (``transformer_zeroshot_predictor.py:136``), ``"natural"`` plain words (:func:`zeroseg.text.class_embeddings`).
     """
-    return class_embeddings(encoder, class_names, templates=templates, normalize=True)
+    return class_embeddings(encoder, class_names, templates=templates, normalize=True, style=style)
 
 
 def build_model(cfg: ExperimentConfig, text_dim: int) -> ZegFormer:
@@ -287,7 +303,7 @@ def checkpoint_meta(cfg: ExperimentConfig, data: ZeroShotData, text_dim: int) ->
         "encoder": cfg.text.encoder,
         "embed_dim": text_dim,
         "model": cfg.zegformer.model_kwargs(text_dim),
-        "inference": dataclasses.asdict(InferenceOptions.from_config(cfg.zegformer)),
+        "inference": dataclasses.asdict(InferenceOptions.from_config(cfg.zegformer, cfg.text)),
         "config": to_dict(cfg),
     }
 
@@ -302,8 +318,9 @@ def _train(run: Run) -> RunResult:
     cfg, progress, device = run.cfg, run.progress, run.device
     data = run.data()
     seen_names = [data.class_names[i] for i in data.seen_ids]
-    train_text = text_embeddings(cfg.text.encoder, seen_names, cfg.zegformer.train_templates)
-    eval_text = text_embeddings(cfg.text.encoder, data.class_names, cfg.zegformer.test_templates)
+    style = cfg.text.class_name_style
+    train_text = text_embeddings(cfg.text.encoder, seen_names, cfg.zegformer.train_templates, style)
+    eval_text = text_embeddings(cfg.text.encoder, data.class_names, cfg.zegformer.test_templates, style)
     model = build_model(cfg, train_text.shape[1]).to(device)
     if run.done(STAGE):
         _log("[zegformer] complete checkpoint found, skipping")
@@ -397,7 +414,7 @@ class ZegFormerPredictor:
 
     def _clip_text(self, names: Sequence[str]) -> torch.Tensor:
         o = self.options
-        return text_embeddings(o.clip_image, names, o.clip_templates).to(self.device)
+        return text_embeddings(o.clip_image, names, o.clip_templates, o.class_name_style).to(self.device)
 
     def set_classes(self, names: Sequence[str]) -> None:
         """Segment with a new vocabulary (names with ``|``-separated synonyms are averaged).
@@ -408,7 +425,8 @@ class ZegFormerPredictor:
         names = vocabulary(names)
         if tuple(names) == self.class_names:
             return
-        self.text = text_embeddings(self.meta["encoder"], names, self.options.test_templates).to(self.device)
+        o = self.options
+        self.text = text_embeddings(self.meta["encoder"], names, o.test_templates, o.class_name_style).to(self.device)
         if self.text.shape[1] != self.meta["embed_dim"]:
             raise ZeroSegError(
                 f"encoder {self.meta['encoder']} gives {self.text.shape[1]}-d embeddings, the model expects "
@@ -420,36 +438,58 @@ class ZegFormerPredictor:
         if self.clip is not None:
             self.clip_text = self._clip_text(names)
 
+    def network_size(self, h: int, w: int) -> tuple[int, int]:
+        """The ``(height, width)`` an ``h x w`` image is resized to for the network (``test_min_size`` /
+        ``test_max_size``, detectron2's test-time ``ResizeShortestEdge``; unchanged when ``test_min_size`` is None)."""
+        o = self.options
+        return (h, w) if o.test_min_size is None else shortest_edge_size(h, w, o.test_min_size, o.test_max_size)
+
     @torch.inference_mode()
     def scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-class scores ``(B, C, H, W)`` for ImageNet-normalised images ``(B, 3, H, W)`` (any size)."""
+        """Per-class scores ``(B, C, H, W)`` at the input size for ImageNet-normalised images ``(B, 3, H, W)``.
+
+        The official test path (``mask_former_model.py:214-406``): the image is resized for the network
+        (:meth:`network_size`; bilinear with antialiasing, as detectron2's PIL resize), zero-padded to a multiple of
+        32; the CLIP branch sees the resized image CLIP-normalised first and zero-padded after (``:216-217``), so
+        its padding is 0 in CLIP space; the scores are cropped to the resized image, resized bilinearly back to
+        ``(H, W)`` (``sem_seg_postprocess``, ``:397-398``) and only then calibrated (``:401-402``).
+        """
         images = images.to(self.device)
         h, w = images.shape[-2:]
+        size = self.network_size(h, w)
+        if size != (h, w):
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
         padded = pad_to_multiple(images)
         out = self.model(padded, self.text)
         masks = F.interpolate(out["pred_masks"], size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        calibrate = self.options.gzero_calibrate
         if self.clip is None:
             sem = semantic_inference(out["pred_logits"], masks)
-            if calibrate > 0 and self.seen_ids:
-                sem[:, self.seen_ids] -= calibrate
         else:
             from zeroseg.modules.clip_branch import fuse_scores, fused_semantic_inference, imagenet_to_clip
 
-            clip_logits, encoded = self.clip.classify(
-                imagenet_to_clip(padded), masks, out["pred_logits"], self.clip_text
-            )
-            fused = fuse_scores(
-                out["pred_logits"],
-                clip_logits,
-                encoded,
-                self.seen_ids,
-                self.unseen_ids,
-                lam=self.options.ensemble_lambda,
-                all_classes=self.options.ensemble == "all_classes",
-            )
-            sem = fused_semantic_inference(fused, masks, self.seen_ids, calibrate)
-        return sem[..., :h, :w]
+            clip_images = pad_to_multiple(imagenet_to_clip(images))
+            clip_logits, encoded = self.clip.classify(clip_images, masks, out["pred_logits"], self.clip_text)
+            if self.options.ensemble == "none":
+                # CLIP_CLASSIFICATION without ENSEMBLING(_ALL_CLS): the CLIP logits replace the segment logits.
+                sem = semantic_inference(clip_logits, masks)
+            else:
+                fused = fuse_scores(
+                    out["pred_logits"],
+                    clip_logits,
+                    encoded,
+                    self.seen_ids,
+                    self.unseen_ids,
+                    lam=self.options.ensemble_lambda,
+                    all_classes=self.options.ensemble == "all_classes",
+                )
+                sem = fused_semantic_inference(fused, masks, self.seen_ids)
+        sem = sem[..., : size[0], : size[1]]
+        if size != (h, w):
+            sem = F.interpolate(sem, size=(h, w), mode="bilinear", align_corners=False)
+        calibrate = self.options.gzero_calibrate
+        if calibrate > 0 and self.seen_ids:
+            sem[:, self.seen_ids] -= calibrate
+        return sem
 
     def labels(self, images: torch.Tensor) -> torch.Tensor:
         """Labels ``(B, H, W)`` (indices into ``class_names``) on the predictor's device."""
@@ -469,7 +509,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, checkpoint: str | Path, *, progre
     count as seen, all others as unseen. The inference options are the config's.
     """
     cfg = join(cfg)
-    options = InferenceOptions.from_config(cfg.zegformer)
+    options = InferenceOptions.from_config(cfg.zegformer, cfg.text)
     predictor = ZegFormerPredictor.from_checkpoint(checkpoint, device=cfg.device, options=options)
     data = prepare_data(cfg.data, progress=progress, train=False)
     if tuple(data.class_names) != predictor.class_names:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from zeroseg.data.classes import natural_name
+from zeroseg.data.classes import CLASS_NAME_STYLES, natural_name, official_prompt_name
 from zeroseg.errors import ZeroSegError
 from zeroseg.text import prompts
 from zeroseg.text.base import (
@@ -159,11 +159,17 @@ def class_embeddings(
     *,
     templates: str | Sequence[str] | None = None,
     normalize: bool = False,
+    style: str = "natural",
 ) -> torch.Tensor:
     """Embeddings of a dataset's class names: the one entry point ZS3Net, ZS-MMD and ZegFormer use.
 
-    Dataset spellings are turned into words first (:func:`~zeroseg.data.classes.natural_name`:
-    ``"pottedplant"`` -> ``"potted plant"``), then embedded by ``get_encoder(encoder_spec)``.
+    ``style="natural"`` (default; what word-vector encoders need, whose multi-word names average word vectors):
+    dataset spellings are turned into words first (:func:`~zeroseg.data.classes.natural_name`:
+    ``"pottedplant"`` -> ``"potted plant"``, ``"wall-concrete"`` -> ``"wall concrete"``).
+    ``style="verbatim"`` (ZegFormer's official configs): each name goes into the prompt templates exactly as the
+    official class JSON spells it (:func:`~zeroseg.data.classes.official_prompt_name`: ``"tvmonitor"``,
+    ``"wall-concrete"``, ``"playingfield"`` unchanged; zeroseg's VOC ``"pottedplant"`` is the official
+    ``"potted plant"``), as ``transformer_zeroshot_predictor.py:136`` formats ``template.format(classname)``.
 
     Args:
         encoder_spec: a spec of :func:`get_encoder`.
@@ -171,10 +177,20 @@ def class_embeddings(
         templates: prompt-template set (name from :mod:`zeroseg.text.prompts` or a list) for ``clip:`` encoders;
             ignored by every other encoder (word vectors take no prompt, as in ZegFormer's word-vector variant).
         normalize: L2-normalise the rows once more in float32 (ZegFormer does so after its text tower).
+        style: ``"natural"`` or ``"verbatim"`` (:data:`~zeroseg.data.classes.CLASS_NAME_STYLES`).
 
     Returns:
         ``(C, D)`` float32 on the CPU, rows of unit norm.
+
+    Raises:
+        ZeroSegError: an unknown ``style`` (and every error of :meth:`TextEncoder.embed`).
     """
+    if style not in CLASS_NAME_STYLES:
+        raise ZeroSegError(f"unknown class-name style {style!r}; choose one of {', '.join(CLASS_NAME_STYLES)}")
     options = {"templates": templates} if templates is not None and encoder_spec.startswith("clip:") else {}
-    emb = get_encoder(encoder_spec, **options).embed([natural_name(n) for n in names]).float()
+    encoder = get_encoder(encoder_spec, **options)
+    if style == "verbatim":
+        emb = encoder.embed([official_prompt_name(n) for n in names], verbatim=True).float()
+    else:
+        emb = encoder.embed([natural_name(n) for n in names]).float()
     return l2_normalize(emb) if normalize else emb

@@ -15,6 +15,10 @@ Class-name syntax (shared by all encoders):
 * Inside a synonym, words are separated by spaces, ``-`` or ``_``: ``"potted_plant"``, ``"potted-plant"`` and
   ``"potted plant"`` are the same name. Word-vector encoders average the words' vectors; sentence and CLIP
   encoders see the words joined by single spaces.
+* ``verbatim=True`` (:meth:`TextEncoder.embed`) keeps each synonym's characters as written (only leading and
+  trailing blanks are stripped): ``"wall-concrete"`` reaches the prompt as ``wall-concrete``. Synonyms are then
+  also split on ``", "``, the separator ZegFormer's ``zeroshot_classifier`` splits on
+  (``transformer_zeroshot_predictor.py:129-134``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import torch
 from zeroseg.errors import ZeroSegError
 
 SYNONYM_SEPARATOR = "|"
+#: ZegFormer's own synonym separator inside one class name (``classname.split(', ')``), honoured by verbatim parsing.
+OFFICIAL_SYNONYM_SEPARATOR = ", "
 
 _WORD_SPLIT = re.compile(r"[\s_\-]+")
 _NORM_EPS = 1e-12
@@ -62,11 +68,26 @@ def split_synonyms(class_name: str) -> list[str]:
     return synonyms
 
 
-def parse_class_names(class_names: Sequence[str]) -> list[list[str]]:
+def split_synonyms_verbatim(class_name: str) -> list[str]:
+    """Splits ``"a|b, c"`` into ``["a", "b", "c"]`` on ``|`` and ``", "``; each synonym otherwise kept as written.
+
+    Args:
+        class_name: a class name, e.g. ``"wall-concrete"`` (-> ``["wall-concrete"]``).
+
+    Returns:
+        The non-blank synonyms, stripped of leading/trailing whitespace only.
+    """
+    parts = [p for part in class_name.split(SYNONYM_SEPARATOR) for p in part.split(OFFICIAL_SYNONYM_SEPARATOR)]
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_class_names(class_names: Sequence[str], *, verbatim: bool = False) -> list[list[str]]:
     """Validates class names and splits each into its canonical synonyms.
 
     Args:
         class_names: C class names.
+        verbatim: keep each synonym as written (:func:`split_synonyms_verbatim`) instead of re-joining its words
+            (:func:`split_synonyms`).
 
     Returns:
         C lists of synonyms (each list non-empty).
@@ -84,7 +105,7 @@ def parse_class_names(class_names: Sequence[str]) -> list[list[str]]:
     for i, name in enumerate(names):
         if not isinstance(name, str):
             raise ZeroSegError(f"class name #{i} is {type(name).__name__} {name!r}, expected a string")
-        synonyms = split_synonyms(name)
+        synonyms = split_synonyms_verbatim(name) if verbatim else split_synonyms(name)
         if not synonyms:
             raise ZeroSegError(f"class name #{i} ({name!r}) contains no word")
         parsed.append(synonyms)
@@ -107,11 +128,12 @@ class TextEncoder(abc.ABC):
     name: str
     dim: int
 
-    def embed(self, class_names: Sequence[str]) -> torch.Tensor:
+    def embed(self, class_names: Sequence[str], *, verbatim: bool = False) -> torch.Tensor:
         """Embeds class names (synonyms ``|``-separated; words split on spaces, ``-`` and ``_``).
 
         Args:
             class_names: C class names, e.g. ``["cat", "potted plant", "tvmonitor|television"]``.
+            verbatim: pass each synonym to the encoder exactly as written (see the module docstring).
 
         Returns:
             ``(C, D)`` float32 tensor on the CPU; each row has L2 norm 1.
@@ -119,7 +141,7 @@ class TextEncoder(abc.ABC):
         Raises:
             ZeroSegError: for an empty list, a malformed name, or a name the encoder cannot embed.
         """
-        parsed = parse_class_names(class_names)
+        parsed = parse_class_names(class_names, verbatim=verbatim)
         emb = self._embed_parsed(parsed).detach().to(device="cpu", dtype=torch.float32)
         if emb.shape != (len(parsed), self.dim):
             raise RuntimeError(f"{self.name}: produced shape {tuple(emb.shape)}, expected ({len(parsed)}, {self.dim})")
