@@ -23,13 +23,28 @@ def load_mat_field(path: Path, *keys: str) -> np.ndarray:
     if not path.is_file():
         raise ZeroSegError(f"{path}: file not found")
     try:
-        value = scipy.io.loadmat(str(path), simplify_cells=True)
-    except (ValueError, TypeError, OSError, KeyError, IndexError, NotImplementedError, EOFError) as err:
+        value = scipy.io.loadmat(str(path))
+    except (
+        scipy.io.matlab.MatReadError,
+        ValueError,
+        TypeError,
+        OSError,
+        KeyError,
+        IndexError,
+        NotImplementedError,
+        EOFError,
+    ) as err:
         raise ZeroSegError(f"{path}: cannot read MATLAB file ({err.__class__.__name__})") from None
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
+    # loadmat keeps MATLAB's 2-D shapes: a struct is a (1, 1) record array whose field is a (1, 1) object array.
+    for depth, key in enumerate(keys):
+        if depth == 0:
+            found = isinstance(value, dict) and key in value
+        else:
+            names = getattr(getattr(value, "dtype", None), "names", None) or ()
+            found = key in names and value.size == 1
+        if not found:
             raise ZeroSegError(f"{path}: no field {'.'.join(keys)} in this MATLAB file")
-        value = value[key]
+        value = value[key] if depth == 0 else value[key].flat[0]
     arr = np.asarray(value)
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer) and not np.issubdtype(arr.dtype, np.floating):
         raise ZeroSegError(f"{path}: {'.'.join(keys)} is not a 2-D label map (shape {arr.shape}, {arr.dtype})")
