@@ -352,3 +352,17 @@ def test_wide_label_reader_and_open_vocabulary_splits(tmp_path):
         read_label_png(p)
     assert read_label_png(p, wide=True).tolist() == [[300, 65535]]
     assert {"context459-open", "ade20k-847-open"} <= set(list_splits())
+
+
+def test_atomic_png_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    from zeroseg.files import atomic_write_png
+
+    def broken_save(self, fp, format=None, **params):  # the disk fills up half-way through the PNG
+        f = open(fp, "wb") if isinstance(fp, (str, Path)) else fp
+        f.write(b"\x89PNG\r\n\x1a\n partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError):
+        atomic_write_png(tmp_path / "x.png", np.zeros((2, 2), np.uint8))
+    assert list(tmp_path.iterdir()) == []
