@@ -62,6 +62,8 @@ def test_class_list_lengths_and_official_spellings():
         "context60",
         "coco-stuff-171",
         "ade20k-150",
+        "context459",
+        "ade20k-847",
         "synthetic",
     }
 

@@ -73,6 +73,24 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if report.get("problems") else 0
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from zeroseg.data.prepare import format_summary, prepare
+
+    summaries = prepare(
+        args.dataset,
+        args.raw,
+        args.out,
+        workers=args.workers,
+        skip_bad=args.skip_bad,
+        progress=not args.quiet,
+        split=args.split,
+        subset=args.subset,
+    )
+    for summary in summaries:
+        print(format_summary(summary))
+    return 1 if any(s.problems for s in summaries) else 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from zeroseg.data.io import read_label_png
     from zeroseg.data.readers import get_reader
@@ -274,6 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default="train", help="file list: train, val, train_aug, ...")
     c.add_argument("--json", action="store_true", help="JSON output")
     c.set_defaults(func=cmd_data_check)
+    c = dsub.add_parser(
+        "prepare",
+        help="convert the publishers' downloads (VOC+SBD, Context .mat, COCO-Stuff, ADE20K, ADE20K-full) "
+        "to the layouts zeroseg reads; 'seen' writes a split's seen-only training labels",
+    )
+    c.add_argument("dataset", help="voc, context, coco-stuff, ade20k-150, ade20k-847 or seen")
+    c.add_argument("--raw", required=True, help="folder holding the unpacked downloads (seen: a prepared dataset)")
+    c.add_argument("--out", required=True, help="output root (pass it as --root to zeroseg data check / configs)")
+    c.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    c.add_argument("--skip-bad", action="store_true", help="list corrupt/missing inputs in the summary, go on")
+    c.add_argument("--split", help="seen only: split name (zeroseg splits) or split JSON")
+    c.add_argument("--subset", help="seen only: file list to convert (default train_aug for voc, else train)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_data_prepare)
 
     s = sub.add_parser("embed", help="print the cosine-similarity matrix of class-name embeddings")
     s.add_argument("--encoder", default="glove-6b-50d", help="encoder spec (default glove-6b-50d)")

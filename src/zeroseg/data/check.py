@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from zeroseg.data.io import IGNORE, load_image
+from zeroseg.data.io import load_image
 from zeroseg.data.readers import get_reader
 from zeroseg.errors import ZeroSegError
 
@@ -45,7 +45,9 @@ def check_dataset(
         names = tuple(class_names)
     samples = reader.list_samples(root, split)
     num_classes = len(names)
-    counts = np.zeros(256, dtype=np.int64)
+    # 8-bit datasets ignore 255; the wide ones (16-bit labels) 65535, so the histogram spans their width.
+    ignore = reader.ignore_index
+    counts = np.zeros(ignore + 1, dtype=np.int64)
     problems: list[str] = []
     num_problems = 0
     num_ok = 0
@@ -76,8 +78,8 @@ def check_dataset(
                     f"size {image.shape[1]}x{image.shape[0]}"
                 )
                 ok = False
-            hist = np.bincount(label.ravel(), minlength=256)
-            bad_ids = [i for i in np.flatnonzero(hist) if i >= num_classes and i != IGNORE]
+            hist = np.bincount(label.ravel(), minlength=ignore + 1)[: ignore + 1]
+            bad_ids = [i for i in np.flatnonzero(hist) if i >= num_classes and i != ignore]
             if bad_ids:
                 shown = ", ".join(str(int(i)) for i in bad_ids[:5])
                 report(f"{sample.label_path}: label id(s) {shown} outside 0..{num_classes - 1} ({dataset})")
@@ -93,7 +95,7 @@ def check_dataset(
         "num_images": len(samples),
         "num_ok": num_ok,
         "pixel_counts": {name: int(counts[i]) for i, name in enumerate(names)},
-        "ignore_pixels": int(counts[IGNORE]),
+        "ignore_pixels": int(counts[ignore]),
         "num_problems": num_problems,
         "problems": problems,
     }

@@ -18,6 +18,8 @@ ones, checked against these sources:
   the same ids ZegFormer uses in ``datasets/coco-stuff/prepare_coco_stuff_sem_seg_seen.py``.
 * ``ADE150_CLASSES`` -- mmsegmentation ``mmseg/datasets/ade.py`` (``ADE20KDataset``), with the trailing space
   of its ``'bed '`` entry removed.
+* ``CONTEXT459_CLASSES``, ``ADE847_CLASSES`` (and ``ADE847_RAW_IDS``) -- the wide label spaces, listed with
+  their sources in :mod:`zeroseg.data.large_vocab`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from zeroseg.data.io import IGNORE
+from zeroseg.data.large_vocab import ADE847_CLASSES, ADE847_RAW_IDS, CONTEXT459_CLASSES
 from zeroseg.data.synthetic import SynthConfig
 from zeroseg.errors import ZeroSegError
 
@@ -121,8 +124,13 @@ DATASET_CLASSES: dict[str, tuple[str, ...]] = {
     "context60": CONTEXT60_CLASSES,
     "coco-stuff-171": COCO_STUFF_171_CLASSES,
     "ade20k-150": ADE150_CLASSES,
+    "context459": CONTEXT459_CLASSES,
+    "ade20k-847": ADE847_CLASSES,
     "synthetic": SYNTHETIC_CLASSES,
 }
+
+#: Datasets whose label space has more than 255 classes: 16-bit label PNGs, ignore = ``io.IGNORE_WIDE``.
+WIDE_DATASETS: frozenset[str] = frozenset({"context459", "ade20k-847"})
 
 _VOC_ALIASES = {
     "airplane": "aeroplane",
@@ -296,11 +304,16 @@ def palette(num_classes: int) -> np.ndarray:
 
 def _check_lengths() -> None:
     # Cheap import-time guard against an accidental edit of the long tuples above.
-    expected = {"voc": 21, "context59": 59, "context60": 60, "coco-stuff-171": 171, "ade20k-150": 150}
+    expected = {
+        "voc": 21, "context59": 59, "context60": 60, "coco-stuff-171": 171, "ade20k-150": 150,
+        "context459": 459, "ade20k-847": 847,
+    }  # fmt: skip
     for key, n in expected.items():
         got = DATASET_CLASSES[key]
         if len(got) != n or len(set(got)) != n:
             raise AssertionError(f"{key}: expected {n} distinct class names, got {len(set(got))}")
+    if len(set(ADE847_RAW_IDS)) != 847:
+        raise AssertionError("ADE-847 raw class-mask ids must be 847 distinct values")
     if len(COCO_STUFF_RAW_TO_171) != 171:
         raise AssertionError("COCO-Stuff raw->171 mapping must have 171 entries")
 

@@ -23,7 +23,16 @@ from PIL import Image, UnidentifiedImageError
 from zeroseg.errors import ZeroSegError
 
 IGNORE = 255
-"""Label value meaning "not annotated / do not train on / do not score", in every label space."""
+"""Label value meaning "not annotated / do not train on / do not score", in every 8-bit label space."""
+
+IGNORE_WIDE = 65535
+"""The ignore value of the *wide* label spaces (more than 255 classes: PASCAL-Context 459, ADE20K-847).
+
+Their labels are stored as 16-bit grayscale PNGs (ids 0..N-1, 65535 = ignore, the uint16 convention of
+MaskFormer/CAT-Seg's ``.tif`` files) and read as (H, W) uint16 by ``read_label_png(path, wide=True)``; their
+readers declare ``ignore_index = IGNORE_WIDE`` and their label tables are (65536,). Every other label space
+stays uint8 with :data:`IGNORE` = 255.
+"""
 
 # The RGB mean/std of the ImageNet-pretrained backbones; the one copy (transforms, visualisation, the CLIP
 # branch's un-normalisation and the benchmarks import it).
@@ -91,20 +100,22 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ZeroSegError(f"{path}: cannot decode image ({_short(err)})") from None
 
 
-def read_label_png(path: str | Path) -> np.ndarray:
+def read_label_png(path: str | Path, *, wide: bool = False) -> np.ndarray:
     """Read a single-channel label PNG as its stored class ids -- the one label-file decoder.
 
     Palette (``P``) PNGs give their palette indices (the VOC convention, never the colours), grayscale (``L``)
-    PNGs their grey values. 16/32-bit integer PNGs (``I;16*``, ``I``) are accepted when every value is an id
-    in 0..255: every label in zeroseg is a uint8 map with :data:`IGNORE` = 255 and the label tables are
-    (256,), so a value outside 0..255 has no meaning here and is an error (never truncated to 8 bits).
+    PNGs their grey values. By default labels are (H, W) uint8 with :data:`IGNORE` = 255: 16/32-bit integer
+    PNGs (``I;16*``, ``I``) are accepted when every value is an id in 0..255, and a value outside 0..255 is an
+    error (never truncated to 8 bits). With ``wide=True`` (label spaces of more than 255 classes) the file must
+    be a 16-bit PNG and is returned as stored, (H, W) uint16 with :data:`IGNORE_WIDE` = 65535; an 8-bit file is
+    refused there because its 255 would be ambiguous (class 255 or ignore).
 
     Returns:
-        label: (H, W) uint8.
+        label: (H, W) uint8, or uint16 when ``wide``.
 
     Raises:
-        ZeroSegError: missing or undecodable file, a colour/alpha mode that does not store ids, or a 16/32-bit
-            value outside 0..255; one line naming the file.
+        ZeroSegError: missing or undecodable file, a colour/alpha mode that does not store ids, or a value that
+            does not fit the label width; one line naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -122,15 +133,21 @@ def read_label_png(path: str | Path) -> np.ndarray:
         )
     if arr.ndim != 2:
         raise ZeroSegError(f"{path}: expected a single-channel label map, got array shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr.copy()
-    outside = (arr < 0) | (arr > IGNORE)
+    if wide:
+        if arr.dtype == np.uint8:
+            raise ZeroSegError(f"{path}: expected a 16-bit label PNG (ids 0..65534, {IGNORE_WIDE} = ignore), got 8-bit")
+        top = IGNORE_WIDE
+    else:
+        if arr.dtype == np.uint8:
+            return arr.copy()
+        top = IGNORE
+    outside = (arr < 0) | (arr > top)
     if outside.any():
         raise ZeroSegError(
-            f"{path}: label id {int(arr[outside].max())} does not fit in 0..{IGNORE} (16/32-bit label PNGs may only "
-            f"hold ids 0..{IGNORE})"
+            f"{path}: label id {int(arr[outside].max())} does not fit in 0..{top} (16/32-bit label PNGs may only "
+            f"hold ids 0..{top} here)"
         )
-    return arr.astype(np.uint8)
+    return arr.astype(np.uint16 if wide else np.uint8)
 
 
 def _short(err: BaseException) -> str:
@@ -207,9 +224,11 @@ def read_id_list(path: Path) -> list[str]:
     return ids
 
 
-def check_label_ids(label: np.ndarray, num_classes: int, path: Path, class_desc: str = "") -> None:
-    """Raise if a label map holds an id outside ``0..num_classes-1`` that is not 255."""
-    bad = (label >= num_classes) & (label != IGNORE)
+def check_label_ids(
+    label: np.ndarray, num_classes: int, path: Path, class_desc: str = "", ignore_index: int = IGNORE
+) -> None:
+    """Raise if a label map holds an id outside ``0..num_classes-1`` that is not ``ignore_index``."""
+    bad = (label >= num_classes) & (label != ignore_index)
     if bad.any():
         value = int(label[bad].max())
         desc = f" ({class_desc})" if class_desc else ""
@@ -238,14 +257,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
         samples: the (image, label) file pairs.
         read_label: reader turning a label file into (H, W) uint8 ids in the dataset class space.
         class_names: the dataset's classes in id order; ids >= len(class_names) (other than 255) are errors.
-        label_lut: optional (256,) uint8 table applied after validation (e.g. from
-            :func:`zeroseg.data.zero_shot.label_lut`).
+        label_lut: optional table applied after validation (e.g. from :func:`zeroseg.data.zero_shot.label_lut`):
+            (256,) uint8, or (65536,) uint16 for a wide label space.
         transform: optional paired transform ``(image01, label, generator) -> (image01, label)`` working on
             the [0, 1] image before normalisation (see :mod:`zeroseg.data.transforms`).
         normalize: apply the ImageNet normalisation after the transform.
         seed: when set, each sample's random transform uses a generator seeded from
             ``(seed, epoch, index)`` so results do not depend on worker count or order.
         name: dataset name used in error messages.
+        ignore_index: the reader's ignore value: :data:`IGNORE` for uint8 labels, :data:`IGNORE_WIDE` for the
+            uint16 labels of a wide label space (then the label tensor's ignored pixels hold 65535).
     """
 
     def __init__(
@@ -259,14 +280,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
         normalize: bool = True,
         seed: int | None = None,
         name: str = "",
+        ignore_index: int = IGNORE,
     ) -> None:
         if len(class_names) == 0:
             raise ZeroSegError(f"dataset '{name or '?'}': empty class list")
+        if ignore_index not in (IGNORE, IGNORE_WIDE):
+            raise ZeroSegError(f"ignore_index must be {IGNORE} or {IGNORE_WIDE}, got {ignore_index}")
         if label_lut is not None:
             label_lut = np.asarray(label_lut)
-            if label_lut.shape != (256,):
-                raise ZeroSegError(f"label_lut must have shape (256,), got {tuple(label_lut.shape)}")
-            label_lut = label_lut.astype(np.uint8)
+            size = ignore_index + 1
+            if label_lut.shape != (size,):
+                raise ZeroSegError(f"label_lut must have shape ({size},), got {tuple(label_lut.shape)}")
+            label_lut = label_lut.astype(np.uint8 if ignore_index == IGNORE else np.uint16)
         self.samples = list(samples)
         self.read_label = read_label
         self.class_names = tuple(class_names)
@@ -276,6 +301,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.name = name
+        self.ignore_index = ignore_index
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -293,7 +319,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Decode and validate sample ``index`` without LUT or transform.
 
         Returns:
-            image: (H, W, 3) uint8; label: (H, W) uint8 in the dataset class space.
+            image: (H, W, 3) uint8; label: (H, W) uint8 (uint16 for a wide label space) in the dataset class space.
         """
         sample = self.samples[index]
         image = load_image(sample.image_path)
@@ -303,7 +329,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"{sample.label_path}: label size {label.shape[1]}x{label.shape[0]} differs from image "
                 f"size {image.shape[1]}x{image.shape[0]} ({sample.image_path.name})"
             )
-        check_label_ids(label, self.num_classes, sample.label_path, self._class_desc())
+        check_label_ids(label, self.num_classes, sample.label_path, self._class_desc(), self.ignore_index)
         return image, label
 
     def _class_desc(self) -> str:

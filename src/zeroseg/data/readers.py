@@ -13,15 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from zeroseg.data import ade20k, coco_stuff, context, folder, voc
+from zeroseg.data import ade20k, ade20k_full, coco_stuff, context, folder, voc
 from zeroseg.data.classes import (
     ADE150_CLASSES,
+    ADE847_CLASSES,
     COCO_STUFF_171_CLASSES,
     CONTEXT59_CLASSES,
     CONTEXT60_CLASSES,
+    CONTEXT459_CLASSES,
     VOC_CLASSES,
 )
-from zeroseg.data.io import LabelReader, PairedTransform, Sample, SegmentationDataset
+from zeroseg.data.io import IGNORE, IGNORE_WIDE, LabelReader, PairedTransform, Sample, SegmentationDataset
 from zeroseg.errors import ZeroSegError
 
 
@@ -33,11 +35,14 @@ class DatasetReader:
         list_samples: ``(root, split) -> list[Sample]``.
         read_label: ``path -> (H, W) uint8`` in the dataset class space.
         class_names: ``root -> class names``; most datasets ignore the root, the folder layout reads it.
+        ignore_index: the ignore value of ``read_label``'s maps: 255 for uint8 labels, 65535 for the uint16
+            labels of the wide (more than 255 classes) datasets.
     """
 
     list_samples: Callable[[Path, str], list[Sample]]
     read_label: LabelReader
     class_names: Callable[[Path], tuple[str, ...]]
+    ignore_index: int = IGNORE
 
 
 def dataset_readers() -> dict[str, DatasetReader]:
@@ -52,6 +57,12 @@ def dataset_readers() -> dict[str, DatasetReader]:
         "context59": DatasetReader(context.list_samples, context.read_label_59, fixed(CONTEXT59_CLASSES)),
         "coco-stuff-171": DatasetReader(coco_stuff.list_samples, coco_stuff.read_label, fixed(COCO_STUFF_171_CLASSES)),
         "ade20k-150": DatasetReader(ade20k.list_samples, ade20k.read_label, fixed(ADE150_CLASSES)),
+        "context459": DatasetReader(
+            context.list_samples_459, context.read_label_459, fixed(CONTEXT459_CLASSES), IGNORE_WIDE
+        ),
+        "ade20k-847": DatasetReader(
+            ade20k_full.list_samples, ade20k_full.read_label, fixed(ADE847_CLASSES), IGNORE_WIDE
+        ),
         "folder": DatasetReader(folder.list_samples, folder.read_label, folder.read_classes),
         "synthetic": DatasetReader(folder.list_samples, folder.read_label, folder.synthetic_classes),
     }
@@ -78,12 +89,13 @@ def build_dataset(
     """Build a :class:`SegmentationDataset` for a named dataset layout.
 
     Args:
-        dataset: ``"voc"``, ``"context59"``, ``"context60"``, ``"coco-stuff-171"``, ``"ade20k-150"``,
+        dataset: ``"voc"``, ``"context59"``, ``"context60"``, ``"context459"``, ``"coco-stuff-171"``,
+            ``"ade20k-150"``, ``"ade20k-847"``,
             ``"folder"`` or ``"synthetic"`` (the embedded benchmark, stored in the folder layout).
         root: dataset root folder (see each reader's docstring for the tree it expects).
         split: data split, e.g. ``"train"``, ``"val"``, ``"train_aug"`` (VOC).
         transform: paired transform from :mod:`zeroseg.data.transforms`.
-        label_lut: (256,) uint8 table applied to validated labels.
+        label_lut: table applied to validated labels: (256,) uint8, or (65536,) uint16 for the wide datasets.
         seed: seeds the per-sample augmentation generators.
         class_names: override the class list (checked for length against the reader's list).
     """
@@ -102,4 +114,5 @@ def build_dataset(
         transform=transform,
         seed=seed,
         name=dataset,
+        ignore_index=reader.ignore_index,
     )

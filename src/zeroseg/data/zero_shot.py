@@ -27,7 +27,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from zeroseg.data.io import IGNORE, SegmentationDataset
+from zeroseg.data.io import IGNORE, IGNORE_WIDE, SegmentationDataset
 from zeroseg.data.readers import build_dataset, get_reader
 from zeroseg.data.splits import Split, load_split
 from zeroseg.data.synthetic import write_benchmark
@@ -99,17 +99,23 @@ def resolve_split(cfg: DataConfig) -> Split:
 
 
 def label_lut(dataset_classes: Sequence[str], class_names: Sequence[str], drop: Sequence[str] = ()) -> np.ndarray:
-    """The one label map: dataset label ids -> indices of ``class_names``; everything else -> :data:`IGNORE`.
+    """The one label map: dataset label ids -> indices of ``class_names``; everything else -> ignore.
 
     Args:
         dataset_classes: the dataset's classes in label-id order (``split.dataset_class_names``).
-        class_names: the target classes; a dataset class not in it (e.g. an ignored background) -> 255.
-        drop: classes mapped to 255 although in ``class_names`` (the unseen classes of seen-only labels).
+        class_names: the target classes; a dataset class not in it (e.g. an ignored background) -> ignore.
+        drop: classes mapped to ignore although in ``class_names`` (the unseen classes of seen-only labels).
 
     Returns:
-        lut: (256,) uint8; apply as ``lut[label]`` to a (H, W) uint8 label map; ``lut[255] == 255``.
+        lut: (256,) uint8 with ignore :data:`IGNORE` = 255; for a wide label space (more than 255 dataset
+        classes, 16-bit labels) (65536,) uint16 with ignore :data:`~zeroseg.data.io.IGNORE_WIDE` = 65535.
+        Apply as ``lut[label]`` to a (H, W) label map; ``lut[ignore] == ignore``.
     """
-    lut = np.full(256, IGNORE, dtype=np.uint8)
+    wide = len(dataset_classes) > IGNORE
+    if len(class_names) > IGNORE and not wide:
+        raise ZeroSegError(f"label_lut: {len(class_names)} target classes do not fit an 8-bit label space")
+    ignore = IGNORE_WIDE if wide else IGNORE
+    lut = np.full(ignore + 1, ignore, dtype=np.uint16 if wide else np.uint8)
     index = {n: i for i, n in enumerate(class_names)}
     dropped = set(drop)
     for i, n in enumerate(dataset_classes):
