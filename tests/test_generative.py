@@ -155,24 +155,6 @@ def test_official_batch_replaces_every_labelled_pixel_of_images_with_unseen_pixe
     torch.testing.assert_close(x[4:], official_expected(feats, labels, 1))
 
 
-def test_train_classifier_official_reads_full_labels_and_replaces_features(monkeypatch) -> None:
-    feats, labels = official_images()
-    data = tiny_data(
-        train_plain=[(feats[b], torch.full_like(labels[b], IGNORE), f"s{b}") for b in range(2)],
-        train_full=[(feats[b], labels[b], f"s{b}") for b in range(2)],
-    )
-    calls = capture_fit(monkeypatch)
-    cfg = tiny_cfg("data.batch_size=1", "classifier.protocol=official", "classifier.unseen_weight=100")
-    zs3net.train_classifier(cfg, ImageIsFeatures(2, 5), EmbeddingIsFeature(), EMB, data, False)
-    (call,) = calls
-    assert len(call["batches"]) == 2
-    for x, y in call["batches"]:
-        b = 0 if 2 in y.tolist() else 1
-        assert y.tolist() == labels[b].flatten().tolist()
-        torch.testing.assert_close(x, official_expected(feats, labels, b))
-    torch.testing.assert_close(call["class_weight"], torch.tensor([1.0, 1, 100, 100, 1]))
-
-
 # --------------------------------------------------------------------------------------------- c. unseen weight
 def test_class_weights_and_the_weighted_classifier_loss() -> None:
     torch.testing.assert_close(generative.class_weights(5, UNSEEN, 7.0), torch.tensor([1.0, 1, 7, 7, 1]))

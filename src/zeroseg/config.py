@@ -40,11 +40,18 @@ class DataConfig:
         crop_size: training crop side; eval_size: evaluation resize of image AND label (None = native size; a
             method may still resize the image for its network and its predictions back, e.g. ZegFormer's
             ``zegformer.test_min_size``).
-        scale_range: random rescaling range for training.
+        scale_range: random rescaling range for training (``augmentation: relative``).
         train_pad_value: raw RGB value (0..255) that pads training images smaller than the crop (0 = black;
             MaskFormer/ZegFormer's semantic mapper pads with 128); labels are padded with 255.
         train_pad_last: pad after the horizontal flip, so padding is always at the bottom/right (MaskFormer's
             mapper pads after all augmentations); False pads inside the random crop, before the flip.
+        augmentation: "relative" (default): random scale of the image's own size by ``scale_range``, pad-crop,
+            h-flip. "official" (valeoai/ZS3 ``transform_tr``): h-flip, ``RandomScaleCrop`` (shorter side drawn
+            uniformly in ``[base_size // 2, 2 * base_size]`` pixels, pad 0 / 255, random crop), Gaussian blur
+            with probability 1/2 (radius U[0, 1)).
+        base_size: the official ``--base-size`` (None: ``crop_size``); only ``augmentation: official`` reads it.
+        eval_rounding: how ``eval_size`` resizes the longer side: "round" (default) or "floor" (the official
+            ``FixScale``: ``int(long * eval_size / short)``); image and ground truth are resized alike.
         batch_size / eval_batch_size / num_workers: loader settings (``batch_size`` is the global batch of one
             optimiser step, split over the ranks under torchrun).
         augmentation_seed: None (default): the random scale/crop/flip of training images is drawn from the
@@ -66,6 +73,9 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.75, 1.25)
     train_pad_value: float = 0.0
     train_pad_last: bool = False
+    augmentation: Literal["relative", "official"] = "relative"
+    base_size: int | None = None
+    eval_rounding: Literal["round", "floor"] = "round"
     batch_size: int = 16
     eval_batch_size: int = 16
     num_workers: int = 0
@@ -92,7 +102,13 @@ class TextConfig:
 
 @dataclass
 class SegmenterConfig:
-    """DeepLabv3+ and its supervised training on seen classes (official: SGD 0.007, poly 0.9, 10x head lr)."""
+    """DeepLabv3+ and its supervised training on seen classes (official: SGD 0.007, poly 0.9, 10x head lr).
+
+    Attributes:
+        batch_average: divide the (valid-pixel mean) cross-entropy by the global batch size, as valeoai/ZS3's
+            ``SegmentationLosses(batch_average=True)`` does for the segmenter and for self-training. With
+            weight decay this is not a learning-rate change, so it is a schedule choice of its own.
+    """
 
     backbone: str = "resnet101"
     output_stride: int = 16
@@ -103,6 +119,7 @@ class SegmenterConfig:
     weight_decay: float = 5e-4
     head_lr_mult: float = 10.0
     poly_power: float = 0.9
+    batch_average: bool = False
 
     def model_kwargs(self, num_classes: int) -> dict[str, Any]:
         """The :class:`~zeroseg.modules.deeplab.DeepLabV3Plus` keyword arguments of this config (stored in
@@ -145,7 +162,23 @@ class ClassifierConfig:
             are mixed with real seen features in proportion to a class prior (the mean seen-class pixel
             count). "official" -- as valeoai/ZS3 does: generated unseen features are placed where the training
             image's ground truth has unseen pixels (uses unseen masks; see valeoai/ZS3 issue 10).
+            Under "official" the classifier is also trained as the official script does: SGD over the 10x
+            (head) learning-rate group, so ``10 * lr``, poly decay every iteration, logits bilinearly upsampled
+            to the image and cross-entropy against the full-resolution labels divided by the batch size;
+            pixels labelled 255 in an image with unseen pixels get zero features; the generator MMD compares
+            ``fake[idx]`` with ``real[idx]`` for one fake per real pixel and one shared index draw; the
+            ZS3Net-GC graph has a node for every segment, 255 included.
         unseen_weight: cross-entropy weight of unseen classes (official 100 is for the official protocol).
+        online_generator: train a fresh generator (and GCN) inside the classifier's batch loop, one step per
+            (seen-only image, class) before each classifier step, as train_pascal_GMMN.py does; the separate
+            generator and graph stages are skipped. Needs ``protocol: official``.
+        select_on_val: evaluate on the validation set after every classifier epoch and keep the epoch with the
+            best *unseen* mIoU (what the official script's per-epoch checkpoints and ``best_pred`` offer).
+            Model selection on the test classes of the validation set: not leakage-free, so it needs
+            ``protocol: official``.
+        features: "eval" (default): real features with the segmenter in eval mode. "train": in train mode, as
+            the official script (BatchNorm normalises with batch statistics and keeps updating its running
+            statistics, the decoder's dropouts are on), for the generator, graph and classifier stages.
     """
 
     protocol: Literal["strict", "official"] = "strict"
@@ -153,6 +186,9 @@ class ClassifierConfig:
     lr: float = 0.007
     unseen_weight: float = 1.0
     generated_per_class: int = 128
+    online_generator: bool = False
+    select_on_val: bool = False
+    features: Literal["eval", "train"] = "eval"
 
 
 @dataclass

@@ -10,6 +10,7 @@ use it only when composing a pipeline for a dataset built with ``normalize=False
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -217,17 +218,24 @@ class Resize:
     Args:
         size: int = target length of the shorter side (aspect kept); (height, width) = exact size.
         resize_label: also resize the label (nearest); False keeps the full-resolution label.
+        rounding: with an int ``size``, how the longer side is rounded: "round" to nearest, or "floor" as the
+            official ``FixScale`` (``int(long * size / short)``; the shorter side is exactly ``size``).
     """
 
-    def __init__(self, size: int | Sequence[int], resize_label: bool = True) -> None:
+    def __init__(self, size: int | Sequence[int], resize_label: bool = True, rounding: str = "round") -> None:
         self.size = size if isinstance(size, int) else _pair_size(size, "Resize")
         if isinstance(self.size, int) and self.size <= 0:
             raise ZeroSegError(f"Resize: size must be positive, got {size}")
+        if rounding not in ("round", "floor"):
+            raise ZeroSegError(f"Resize: rounding {rounding!r}: choose 'round' or 'floor'")
         self.resize_label = resize_label
+        self.rounding = rounding
 
     def target(self, h: int, w: int) -> tuple[int, int]:
         """Output (height, width) for an (h, w) input."""
         if isinstance(self.size, int):
+            if self.rounding == "floor":
+                return _fix_scale(h, w, self.size)
             s = self.size / min(h, w)
             return max(1, round(h * s)), max(1, round(w * s))
         return self.size
@@ -238,6 +246,84 @@ class Resize:
 
     def __repr__(self) -> str:
         return f"Resize(size={self.size}, resize_label={self.resize_label})"
+
+
+def _fix_scale(h: int, w: int, short: int) -> tuple[int, int]:
+    """(height, width) with the shorter side ``short`` and the longer one floored, as valeoai/ZS3 computes it
+    (``FixScale``, ``RandomScaleCrop``: ``int(1.0 * long * short / short_in)``; a square goes to short x short)."""
+    if h > w:
+        return max(1, int(1.0 * h * short / w)), short
+    return short, max(1, int(1.0 * w * short / h))
+
+
+class OfficialScaleCrop:
+    """valeoai/ZS3's ``RandomScaleCrop``: shorter side drawn uniformly from the integers
+    ``[int(base_size * 0.5), int(base_size * 2.0)]`` (both ends included), longer side floored; when that side
+    is below ``crop_size``, pad bottom/right (image 0, label 255) to ``crop_size``; then a random
+    ``crop_size`` square window.
+
+    Args:
+        base_size: the official ``--base-size`` (312 for training).
+        crop_size: the official ``--crop-size`` (312).
+    """
+
+    def __init__(self, base_size: int, crop_size: int) -> None:
+        if base_size <= 0 or crop_size <= 0:
+            raise ZeroSegError(f"OfficialScaleCrop: sizes must be positive, got {base_size}, {crop_size}")
+        self.base_size, self.crop_size = int(base_size), int(crop_size)
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None) -> Pair:
+        low, high = int(self.base_size * 0.5), int(self.base_size * 2.0)
+        short = low + _randint(high - low, generator)
+        h, w = image.shape[-2:]
+        image, label = resize_pair(image, label, _fix_scale(h, w, short))
+        c = self.crop_size
+        if short < c:  # the official code pads only when the drawn side is short, each side only if below c
+            h, w = image.shape[-2:]
+            pad_h, pad_w = max(c - h, 0), max(c - w, 0)
+            image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
+            label = F.pad(label, (0, pad_w, 0, pad_h), value=IGNORE)
+        h, w = image.shape[-2:]
+        left = _randint(w - c, generator)  # x1 is drawn before y1, as in the official code
+        top = _randint(h - c, generator)
+        return image[:, top : top + c, left : left + c], label[top : top + c, left : left + c]
+
+    def __repr__(self) -> str:
+        return f"OfficialScaleCrop(base_size={self.base_size}, crop_size={self.crop_size})"
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (3, H, W) image with standard deviation ``sigma`` (pixels), edge pixels
+    replicated, kernel cut at ``ceil(3 * sigma)``; ``sigma`` small enough for a 1-tap kernel returns the input.
+    """
+    radius = math.ceil(3.0 * sigma)
+    if sigma <= 0 or radius < 1:
+        return image
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    k = torch.exp(-(x**2) / (2.0 * sigma**2))
+    k = k / k.sum()
+    c = image.shape[0]
+    out = F.pad(image[None], (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return out[0]
+
+
+class RandomGaussianBlur:
+    """valeoai/ZS3's ``RandomGaussianBlur``: with probability ``p`` blur the image with radius (standard
+    deviation) drawn from U[0, 1); the label passes through. PIL's ``GaussianBlur`` approximates the Gaussian
+    with box filters; this is the exact separable Gaussian of the same standard deviation."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None) -> Pair:
+        if float(torch.rand((), generator=generator)) < self.p:
+            image = gaussian_blur(image, float(torch.rand((), generator=generator)))
+        return image, label
+
+    def __repr__(self) -> str:
+        return f"RandomGaussianBlur(p={self.p})"
 
 
 class Normalize:
@@ -287,6 +373,21 @@ def train_transform(
     )
 
 
-def eval_transform(size: int | Sequence[int] | None = None, *, resize_label: bool = True) -> Compose:
+def official_train_transform(crop_size: int = 312, base_size: int | None = None) -> Compose:
+    """valeoai/ZS3's training augmentation (``transform_tr``, in its order): h-flip, :class:`OfficialScaleCrop`,
+    :class:`RandomGaussianBlur`.
+
+    Args:
+        crop_size: square crop side (official 312).
+        base_size: the scale base (official 312); None: ``crop_size``.
+    """
+    return Compose(
+        [RandomHorizontalFlip(0.5), OfficialScaleCrop(base_size or crop_size, crop_size), RandomGaussianBlur(0.5)]
+    )
+
+
+def eval_transform(
+    size: int | Sequence[int] | None = None, *, resize_label: bool = True, rounding: str = "round"
+) -> Compose:
     """Evaluation transform: identity when ``size`` is None, else a deterministic :class:`Resize`."""
-    return Compose([] if size is None else [Resize(size, resize_label)])
+    return Compose([] if size is None else [Resize(size, resize_label, rounding)])

@@ -31,7 +31,7 @@ from zeroseg.data.io import IGNORE, IGNORE_WIDE, SegmentationDataset
 from zeroseg.data.readers import build_dataset, get_reader
 from zeroseg.data.splits import Split, load_split
 from zeroseg.data.synthetic import write_benchmark
-from zeroseg.data.transforms import eval_transform, train_transform
+from zeroseg.data.transforms import Compose, eval_transform, official_train_transform, train_transform
 from zeroseg.errors import ZeroSegError
 
 if TYPE_CHECKING:  # zeroseg.config imports zeroseg.data.synthetic; data/ only needs the type
@@ -149,6 +149,16 @@ class _Empty(Dataset):
         raise IndexError(i)
 
 
+def data_train_transform(cfg: DataConfig) -> Compose:
+    """The training augmentation of ``cfg.augmentation``: "relative" (:func:`train_transform` over
+    ``scale_range``) or "official" (:func:`official_train_transform`, valeoai/ZS3's)."""
+    if cfg.augmentation == "official":
+        return official_train_transform(cfg.crop_size, cfg.base_size)
+    if cfg.augmentation != "relative":
+        raise ZeroSegError(f"data.augmentation {cfg.augmentation!r}: choose 'relative' or 'official'")
+    return train_transform(cfg.crop_size, cfg.scale_range, pad_value=cfg.train_pad_value, pad_last=cfg.train_pad_last)
+
+
 def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True, train: bool = True) -> ZeroShotData:
     """Build the datasets of an experiment (see module docstring for the id spaces and the label policy).
 
@@ -184,10 +194,8 @@ def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True, train: bool 
             f"{', '.join(ds_classes[:3])}, ...) but data.dataset '{cfg.dataset}' here has {detail}"
         )
     unseen = tuple(split.unseen)
-    train_tf = train_transform(
-        cfg.crop_size, cfg.scale_range, pad_value=cfg.train_pad_value, pad_last=cfg.train_pad_last
-    )
-    eval_tf = eval_transform(cfg.eval_size)
+    train_tf = data_train_transform(cfg)
+    eval_tf = eval_transform(cfg.eval_size, rounding=cfg.eval_rounding)
 
     full_lut = label_lut(ds_classes, class_names)
     seen_lut = label_lut(ds_classes, class_names, drop=unseen)

@@ -237,12 +237,14 @@ def float_outputs(outputs: Any) -> Any:
     return _to_float(outputs)
 
 
-def pixel_loss(criterion: nn.Module) -> tuple[LossTerms, Normaliser]:
+def pixel_loss(criterion: nn.Module, *, scale: float = 1.0) -> tuple[LossTerms, Normaliser]:
     """The ``(loss_terms, normaliser)`` pair of a per-pixel criterion on ``(images, labels, ...)`` batches.
 
     Args:
         criterion: a mean-reducing loss ``criterion(logits (B,C,H,W), labels (B,H,W))``; see
             :func:`loss_normaliser`.
+        scale: a constant factor on every term, e.g. ``1 / global batch`` for valeoai/ZS3's
+            ``batch_average`` (:func:`train_one_epoch`); 1.0 leaves the numbers of a plain mean untouched.
     """
 
     def terms(net: nn.Module, batch: Any) -> list[tuple[str, torch.Tensor]]:
@@ -250,7 +252,8 @@ def pixel_loss(criterion: nn.Module) -> tuple[LossTerms, Normaliser]:
         if not bool(loss_normaliser(criterion, labels) > 0):
             # No valid pixel here (other micro-batches have some): zero gradient, but DDP still needs the backward.
             return [("pixels", net(images).sum() * 0.0)]
-        return [("pixels", criterion(float_outputs(net(images)), labels))]
+        loss = criterion(float_outputs(net(images)), labels)
+        return [("pixels", loss * scale if scale != 1.0 else loss)]
 
     def normaliser(batch: Any) -> dict[str, torch.Tensor]:
         return {"pixels": loss_normaliser(criterion, batch[1])}
@@ -291,6 +294,7 @@ def train_one_epoch(
     amp: str = "none",
     grad_accum: int = 1,
     clip_grad_norm: float | None = None,
+    batch_average: bool = False,
 ) -> float:
     """One pass over ``loader`` of a per-pixel criterion: one :func:`train_step` per loader batch.
 
@@ -304,6 +308,10 @@ def train_one_epoch(
         desc / progress: tqdm bar.
         amp / clip_grad_norm: as in :func:`train_step`.
         grad_accum: micro-batches per batch (``torch.chunk`` along dim 0).
+        batch_average: also divide the loss by the global batch size ``B`` (this rank's batch times the world
+            size; every rank holds an equal share, see :func:`check_engine_config`), as valeoai/ZS3's
+            ``loss /= n``. The factor is one constant per step, so the result is exact under accumulation and
+            DDP: the step optimises ``(1 / B) * sum_m S_m / N``.
 
     Returns:
         the mean over steps of the step loss (the full global batch's mean loss; equal on all ranks).
@@ -316,6 +324,8 @@ def train_one_epoch(
     total, count = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
     for batch in bar:
+        if batch_average:
+            terms, normaliser = pixel_loss(criterion, scale=1.0 / (len(batch[0]) * world_size()))
         value = train_step(
             model,
             split_batch(batch[:2], grad_accum, device),

@@ -19,6 +19,10 @@ from zeroseg.generative.classifier import (
     classifier_step,
     fit_linear_classifier,
     official_batch,
+    official_classifier_loss,
+    official_classifier_optimizer,
+    official_feature_maps,
+    official_poly_lr,
     refit_samples,
     strict_batch,
 )
@@ -28,10 +32,11 @@ from zeroseg.generative.features import (
     feature_batches,
     frozen_features,
     labels_at,
+    official_pixel_sets,
     sample_pixels,
     seen_pixel_sets,
 )
-from zeroseg.generative.generator import generator_step, zs_mmd_loss, zs_mmd_step
+from zeroseg.generative.generator import generator_step, official_generator_step, zs_mmd_loss, zs_mmd_step
 from zeroseg.generative.pseudo import draw_pseudo, pseudo_pools, select_pseudo_features, top_percent_labels
 
 __all__ = [
@@ -48,6 +53,12 @@ __all__ = [
     "generator_step",
     "labels_at",
     "official_batch",
+    "official_classifier_loss",
+    "official_classifier_optimizer",
+    "official_feature_maps",
+    "official_generator_step",
+    "official_pixel_sets",
+    "official_poly_lr",
     "pseudo_pools",
     "refit_samples",
     "sample_pixels",

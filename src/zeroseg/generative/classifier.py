@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -213,3 +214,83 @@ def fit_linear_classifier(
         history.append(total / max(n, 1))
         _log(f"[{desc}] epoch {epoch + 1}/{epochs} loss {history[-1]:.4f}")
     return history
+
+
+#: ``make_fake(class id, real features (m, F) of that class in the image, image has unseen pixels)`` -> (m, F)
+#: generated features, or None when the image's real features will be used (no unseen pixel).
+FakeMaker = Callable[[int, torch.Tensor, bool], "torch.Tensor | None"]
+
+
+def official_feature_maps(
+    feats: torch.Tensor, labels: torch.Tensor, unseen: torch.Tensor, make_fake: FakeMaker
+) -> torch.Tensor:
+    """The official classifier input (train_pascal_GMMN.py, ``real_seen_features=True``): an image without
+    unseen pixels keeps its real feature map; an image with unseen pixels gets, class by class, the generated
+    features of :data:`FakeMaker` at the pixels of each labelled class, and *zeros* at its ``IGNORE`` pixels
+    (the official fake map starts as ``torch.zeros`` and only labelled classes are written).
+
+    ``make_fake`` is called for every labelled class of every image, in order, so an online generator can take
+    its step there (see :func:`zeroseg.methods.zs3net.train_classifier`).
+
+    Args:
+        feats: (B, F, h, w) real features; labels: (B, h, w) full ground truth at feature resolution.
+        unseen: (U,) unseen ids.
+
+    Returns:
+        (B, F, h, w) feature maps.
+    """
+    out = feats.clone()
+    for b in range(feats.shape[0]):
+        flat_y = labels[b].flatten()
+        has_unseen = bool(torch.isin(flat_y, unseen.to(flat_y.device)).any())
+        real = feats[b].flatten(1).T
+        fake = torch.zeros_like(real)
+        for c in torch.unique(flat_y).tolist():
+            if c == IGNORE:
+                continue
+            where = flat_y == c
+            made = make_fake(c, real[where], has_unseen)
+            if made is not None:
+                fake[where] = made
+        if has_unseen:
+            out[b] = fake.T.reshape(feats.shape[1:])
+    return out
+
+
+def official_classifier_loss(
+    classifier: nn.Module, maps: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor | None
+) -> torch.Tensor:
+    """The official retraining loss: logits of ``maps`` bilinearly upsampled (align_corners=True) to the
+    labels' size, class-weighted cross-entropy over the valid pixels, divided by the batch size
+    (``SegmentationLosses(batch_average=True)``, utils/loss.py).
+
+    Args:
+        classifier: (F -> C) 1x1 conv.
+        maps: (B, F, h, w) features; labels: (B, H, W) full-resolution labels.
+        class_weight: (C,) cross-entropy weights or None.
+
+    Returns:
+        the scalar loss.
+    """
+    logits = F.interpolate(classifier(maps), size=labels.shape[-2:], mode="bilinear", align_corners=True)
+    return classifier_criterion(class_weight)(logits, labels) / maps.shape[0]
+
+
+def official_classifier_optimizer(classifier: nn.Module, lr: float) -> torch.optim.SGD:
+    """The official retraining optimiser: the classifier sits in DeepLab's 10x learning-rate group
+    (``get_10x_lr_params``), so SGD at ``10 * lr``, momentum 0.9, weight decay 5e-4 (set the decayed rate
+    before each iteration with :func:`official_poly_lr`)."""
+    return torch.optim.SGD(classifier.parameters(), lr=10.0 * lr, momentum=0.9, weight_decay=5e-4)
+
+
+def official_poly_lr(opt: torch.optim.Optimizer, lr: float, it: int, total_iters: int) -> float:
+    """Set the 10x group's rate of iteration ``it`` (``T = epoch * iters_per_epoch + i``), as utils/lr_scheduler.py
+    does before every iteration: ``10 * lr * (1 - T / total_iters) ** 0.9``.
+
+    Returns:
+        the rate set.
+    """
+    rate = 10.0 * lr * max(0.0, 1.0 - it / max(1, total_iters)) ** 0.9
+    for group in opt.param_groups:
+        group["lr"] = rate
+    return rate

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from zeroseg.config import ExperimentConfig
 from zeroseg.data.zero_shot import ZeroShotData
 from zeroseg.engine.loaders import make_loader
+from zeroseg.errors import ZeroSegError
 from zeroseg.modules.deeplab import DeepLabV3Plus
 
 #: Real features stored per seen class with a final checkpoint (for refitting to a new class list).
@@ -58,23 +59,43 @@ def sample_pixels(
     return torch.cat(feats), torch.cat(ys)
 
 
+FEATURE_MODES = ("eval", "train")
+
+
 @torch.no_grad()
-def frozen_features(model: DeepLabV3Plus, images: torch.Tensor) -> torch.Tensor:
-    """(B, 256, h, w) features of ``images`` from the segmenter in eval mode, without gradients."""
-    model.eval()
+def frozen_features(model: DeepLabV3Plus, images: torch.Tensor, *, mode: str = "eval") -> torch.Tensor:
+    """(B, 256, h, w) features of ``images`` from the segmenter, without gradients.
+
+    Args:
+        mode: "eval" -- BatchNorm uses its running statistics, dropout off. "train" -- as valeoai/ZS3 takes
+            them (``model.train()`` then ``forward_before_class_prediction`` under ``no_grad``): BatchNorm
+            normalises with the batch's statistics and *updates* its running statistics, dropout is on.
+    """
+    if mode not in FEATURE_MODES:
+        raise ZeroSegError(f"classifier.features {mode!r}: choose 'eval' or 'train'")
+    model.train(mode == "train")
     return model.extract_features(images)
 
 
 def feature_batches(
-    model: DeepLabV3Plus, loader: DataLoader, device: torch.device, *, desc: str = "", progress: bool = False
+    model: DeepLabV3Plus,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    desc: str = "",
+    progress: bool = False,
+    mode: str = "eval",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Frozen-segmenter features of each batch with its labels at feature resolution.
+
+    Args:
+        mode: see :func:`frozen_features`.
 
     Yields:
         feats: (B, 256, h, w); labels: (B, h, w) nearest-downsampled.
     """
     for images, labels, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        feats = frozen_features(model, images.to(device))
+        feats = frozen_features(model, images.to(device), mode=mode)
         yield feats, labels_at(labels.to(device), feats.shape[-2:])
 
 
@@ -101,6 +122,36 @@ def seen_pixel_sets(
                 continue
             where = torch.nonzero(flat_y == c).squeeze(1)
             yield c, flat_f[where[torch.randint(where.numel(), (n,), generator=rng).to(where.device)]]
+
+
+def official_pixel_sets(
+    feats: torch.Tensor, ys: torch.Tensor, seen: set[int], unseen: set[int], n: int, rng: torch.Generator
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """The generator's real targets as valeoai/ZS3 builds them (train_pascal_GMMN.py): for each image with no
+    unseen pixel and each seen class in it, *all* the class's pixel features and one index draw ``idx`` of
+    ``n`` positions with replacement; the step compares ``fake[idx]`` with ``real[idx]`` for one fake per real
+    pixel (:func:`~zeroseg.generative.generator.official_generator_step`).
+
+    Args:
+        feats: (B, F, h, w) features; ys: (B, h, w) labels at feature resolution (full ground truth).
+        seen / unseen: class ids; an image holding any unseen id gives no set.
+        n: size of the index draw (``--batch_size_generator``, 128).
+        rng: random source of the draws.
+
+    Yields:
+        (class id, real features (m, F) of every pixel of the class, idx (n,) into them).
+    """
+    for b in range(feats.shape[0]):
+        flat_f = feats[b].flatten(1).T
+        flat_y = ys[b].flatten()
+        present = torch.unique(flat_y).tolist()
+        if any(c in unseen for c in present):
+            continue
+        for c in present:
+            if c not in seen:
+                continue
+            real = flat_f[flat_y == c]
+            yield c, real, torch.randint(real.shape[0], (n,), generator=rng).to(real.device)
 
 
 @torch.no_grad()

@@ -36,6 +36,35 @@ def generator_step(
     return _step(opt, mmd_loss(gen(emb_c.expand(real.shape[0], -1)), real, sigmas=sigmas))
 
 
+def official_generator_step(
+    gen: nn.Module,
+    opt: torch.optim.Optimizer,
+    emb_c: torch.Tensor,
+    real: torch.Tensor,
+    idx: torch.Tensor,
+    *,
+    sigmas: Sequence[float],
+) -> tuple[float, torch.Tensor]:
+    """One step as valeoai/ZS3 takes it: one fake per real pixel, then the MMD between ``fake[idx]`` and
+    ``real[idx]`` -- the same index draw (with replacement) on both sides.
+
+    Args:
+        gen: generator, (N, E) -> (N, F).
+        opt: its optimiser.
+        emb_c: (E,) the class's embedding.
+        real: (m, F) every real feature of the class in the image.
+        idx: (n,) positions into ``real`` (and into the fakes).
+        sigmas: MMD kernel bandwidths.
+
+    Returns:
+        the loss before the step, and the (m, F) fakes generated before it (detached; the official code
+        places them in the classifier's batch).
+    """
+    fake = gen(emb_c.expand(real.shape[0], -1))
+    value = _step(opt, mmd_loss(fake[idx], real[idx], sigmas=sigmas))
+    return value, fake.detach()
+
+
 def zs_mmd_loss(
     gen: nn.Module,
     emb_c: torch.Tensor,

@@ -50,8 +50,7 @@ from tqdm import tqdm
 
 from zeroseg.config import ExperimentConfig, to_dict
 from zeroseg.data.io import Sample, SegmentationDataset, read_label_png
-from zeroseg.data.transforms import train_transform
-from zeroseg.data.zero_shot import IGNORE, ZeroShotData
+from zeroseg.data.zero_shot import IGNORE, ZeroShotData, data_train_transform
 from zeroseg.engine.checkpoint import (
     checkpoint_exists,
     checkpoint_path,
@@ -78,11 +77,19 @@ from zeroseg.engine.train import check_engine_config, parallel, poly_lambda, tra
 from zeroseg.errors import ZeroSegError
 from zeroseg.generative import (
     class_weights,
+    classifier_criterion,
     feature_bank,
     feature_batches,
     fit_linear_classifier,
+    frozen_features,
     generator_step,
-    official_batch,
+    labels_at,
+    official_classifier_loss,
+    official_classifier_optimizer,
+    official_feature_maps,
+    official_generator_step,
+    official_pixel_sets,
+    official_poly_lr,
     refit_samples,
     seen_pixel_sets,
     strict_batch,
@@ -161,6 +168,7 @@ def train_segmenter(
             progress=progress,
             amp=cfg.engine.amp,
             grad_accum=cfg.engine.grad_accum,
+            batch_average=s.batch_average,
         )
         _log(f"[segmenter] epoch {epoch + 1}/{s.epochs} loss {loss:.4f}")
         if is_main():
@@ -176,8 +184,15 @@ def train_generator(
     data: ZeroShotData,
     progress: bool,
 ) -> list[float]:
-    """Stage 2: GMMN trained with MMD against real features of the seen classes in each batch."""
+    """Stage 2: GMMN trained with MMD against real features of the seen classes in each batch.
+
+    ``strict``: ``pixels_per_class`` real pixels per (image, seen class), as many fresh fakes. ``official``:
+    one fake per real pixel of the class and the same index draw on both sides
+    (:func:`~zeroseg.generative.official_pixel_sets`). Features in ``classifier.features`` mode.
+    """
     g = cfg.generator
+    official = cfg.classifier.protocol == "official"
+    unseen_set = set(data.unseen_ids)
     device = torch.device(cfg.device)
     rng = torch.Generator().manual_seed(cfg.seed + 1)
     loader = make_loader(data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed + 1)
@@ -189,8 +204,18 @@ def train_generator(
         gen.train()
         total, n = 0.0, 0
         for feats, ys in feature_batches(
-            model, loader, device, desc=f"generator {epoch + 1}/{g.epochs}", progress=progress
+            model,
+            loader,
+            device,
+            desc=f"generator {epoch + 1}/{g.epochs}",
+            progress=progress,
+            mode=cfg.classifier.features,
         ):
+            if official:
+                for c, real, idx in official_pixel_sets(feats, ys, seen_set, unseen_set, g.pixels_per_class, rng):
+                    total += official_generator_step(gen, opt, emb[c], real, idx, sigmas=g.sigmas)[0]
+                    n += 1
+                continue
             for c, real in seen_pixel_sets(feats, ys, seen_set, g.pixels_per_class, rng):
                 total += generator_step(gen, opt, emb[c], real, sigmas=g.sigmas)
                 n += 1
@@ -199,10 +224,24 @@ def train_generator(
     return history
 
 
-def segment_graph(labels: torch.Tensor) -> SegmentGraph:
-    """The official ZS3Net-GC graph of one label map at feature resolution: 8-connected same-label segments,
-    edges between touching segments, 0/1 adjacency without self loops or normalisation."""
-    return build_segment_graph(labels, ignore_index=IGNORE, connectivity=8, self_loops=False, normalization="none")
+def segment_graph(labels: torch.Tensor, *, keep_ignore: bool = False) -> SegmentGraph:
+    """The ZS3Net-GC graph of one label map at feature resolution: 8-connected same-label segments, edges
+    between touching segments, 0/1 adjacency without self loops or normalisation.
+
+    Args:
+        keep_ignore: ``False`` (strict): ``IGNORE`` pixels belong to no node. ``True`` (official,
+            train_context_GMMN_GCNcontext.py ``construct_adj_mat``): every pixel starts a node, so ``IGNORE``
+            segments are nodes (labelled ``IGNORE``) that touch, and so connect, their neighbours.
+    """
+    return build_segment_graph(
+        labels, ignore_index=None if keep_ignore else IGNORE, connectivity=8, self_loops=False, normalization="none"
+    )
+
+
+def node_embeddings(emb: torch.Tensor, node_labels: torch.Tensor) -> torch.Tensor:
+    """(K, E) embeddings of graph nodes; an ``IGNORE`` node takes class 0's, as the official dataset gives
+    255 pixels the embedding of label 0 (``get_embeddings`` in dataloaders/datasets/base.py)."""
+    return emb[torch.where(node_labels == IGNORE, torch.zeros_like(node_labels), node_labels)]
 
 
 def train_graph_generator(
@@ -220,6 +259,7 @@ def train_graph_generator(
     """
     g = cfg.generator
     device = torch.device(cfg.device)
+    keep_ignore = cfg.classifier.protocol == "official"
     loader = make_loader(data.train, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed + 5)
     opt = torch.optim.Adam(gcn.parameters(), lr=g.lr)
     emb = emb.to(device)
@@ -228,14 +268,14 @@ def train_graph_generator(
         gcn.train()
         total, n = 0.0, 0
         for feats, ys in feature_batches(
-            model, loader, device, desc=f"graph {epoch + 1}/{g.epochs}", progress=progress
+            model, loader, device, desc=f"graph {epoch + 1}/{g.epochs}", progress=progress, mode=cfg.classifier.features
         ):
             for b in range(feats.shape[0]):
-                graph = segment_graph(ys[b].cpu())
+                graph = segment_graph(ys[b].cpu(), keep_ignore=keep_ignore)
                 if graph.num_nodes < 2:  # the official code skips single-segment images
                     continue
                 target = pool_node_features(feats[b], graph.node_masks.to(device), reduce="first")
-                fake = gcn(emb[graph.node_labels.to(device)], graph.adjacency.to(device))
+                fake = gcn(node_embeddings(emb, graph.node_labels.to(device)), graph.adjacency.to(device))
                 loss = mmd_loss(fake, target, sigmas=g.sigmas)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -265,26 +305,175 @@ def graph_node_samples(
     image gives its real node features, plus a GCN-generated copy of its graph in which each node is relabelled
     to a random unseen class with probability 1/2 -- unseen classes in real contexts, with no unseen mask used.
     """
+    if not strict:
+        return official_graph_nodes(feats, ys, gcn, emb, unseen)
     xs, ys_out = [], []
     for b in range(feats.shape[0]):
         graph = segment_graph(ys[b].cpu())
         if graph.num_nodes < 2:
             continue
         node_labels = graph.node_labels.to(feats.device)
-        has_unseen = bool(torch.isin(node_labels, unseen).any())
-        if strict or not has_unseen:
-            xs.append(pool_node_features(feats[b], graph.node_masks.to(feats.device), reduce="first"))
-            ys_out.append(node_labels)
-        if strict:
-            swap = torch.rand(graph.num_nodes, generator=rng) < 0.5
-            picks = unseen.cpu()[torch.randint(len(unseen), (graph.num_nodes,), generator=rng)]
-            node_labels = torch.where(swap.to(feats.device), picks.to(feats.device), node_labels)
-        if strict or has_unseen:
-            xs.append(gcn(emb[node_labels], graph.adjacency.to(feats.device)))
-            ys_out.append(node_labels)
+        xs.append(pool_node_features(feats[b], graph.node_masks.to(feats.device), reduce="first"))
+        ys_out.append(node_labels)
+        swap = torch.rand(graph.num_nodes, generator=rng) < 0.5
+        picks = unseen.cpu()[torch.randint(len(unseen), (graph.num_nodes,), generator=rng)]
+        node_labels = torch.where(swap.to(feats.device), picks.to(feats.device), node_labels)
+        xs.append(gcn(emb[node_labels], graph.adjacency.to(feats.device)))
+        ys_out.append(node_labels)
     if not xs:
         return feats.new_zeros(0, feats.shape[1]), ys.new_zeros(0)
     return torch.cat(xs), torch.cat(ys_out)
+
+
+def official_graph_nodes(
+    feats: torch.Tensor,
+    ys: torch.Tensor,
+    gcn: GCNGenerator,
+    emb: torch.Tensor,
+    unseen: torch.Tensor,
+    *,
+    opt: torch.optim.Optimizer | None = None,
+    sigmas: tuple[float, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Graph-node features and labels of the official ZS3Net-GC classifier batch
+    (train_context_GMMN_GCNcontext.py): per image whose graph (every segment a node, ``IGNORE`` ones included)
+    has at least two nodes, the GCN generates every node's feature; with ``opt`` (online training) an image
+    without unseen pixels then takes one step on the MMD between them and the real first-pixel features. The
+    image contributes its real node features when it has no unseen pixel, else the generated ones.
+
+    Args:
+        feats: (B, F, h, w) features; ys: (B, h, w) full ground truth at feature resolution.
+        gcn: the graph generator; emb: (C, E) class embeddings; unseen: (U,) unseen ids on ``feats``' device.
+        opt: the GCN's optimiser for online steps; None: no step (no gradient).
+        sigmas: MMD bandwidths of the online step.
+
+    Returns:
+        x: (K, F) node features; y: (K,) node labels (``IGNORE`` nodes included; the loss ignores them).
+    """
+    xs, ys_out = [], []
+    for b in range(feats.shape[0]):
+        graph = segment_graph(ys[b].cpu(), keep_ignore=True)
+        if graph.num_nodes < 2:
+            continue
+        node_labels = graph.node_labels.to(feats.device)
+        has_unseen = bool(torch.isin(node_labels, unseen).any())
+        real = pool_node_features(feats[b], graph.node_masks.to(feats.device), reduce="first")
+        with torch.set_grad_enabled(opt is not None and not has_unseen):
+            fake = gcn(node_embeddings(emb, node_labels), graph.adjacency.to(feats.device))
+        if opt is not None and not has_unseen:
+            loss = mmd_loss(fake, real, sigmas=sigmas)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        xs.append(fake.detach() if has_unseen else real)
+        ys_out.append(node_labels)
+    if not xs:
+        return feats.new_zeros(0, feats.shape[1]), ys.new_zeros(0)
+    return torch.cat(xs), torch.cat(ys_out)
+
+
+def unseen_miou(metrics: dict) -> float:
+    """The validation unseen mIoU of :func:`evaluate_segmenter`'s metrics (the official selection score)."""
+    return float(metrics["unseen_miou"])
+
+
+def train_classifier_official(
+    cfg: ExperimentConfig,
+    model: DeepLabV3Plus,
+    gen: GMMNGenerator,
+    emb: torch.Tensor,
+    data: ZeroShotData,
+    progress: bool,
+    gcn: GCNGenerator | None = None,
+) -> list[float]:
+    """Stage 3 under ``classifier.protocol: official``, as train_pascal_GMMN.py / train_context_GMMN_GCNcontext.py.
+
+    Every training image with its full ground truth; per batch (1-image batches skipped, as the official
+    ``len(sample["image"]) > 1``): real features in ``classifier.features`` mode, the classifier input of
+    :func:`~zeroseg.generative.official_feature_maps`, the loss of
+    :func:`~zeroseg.generative.official_classifier_loss` (+ ``graph.weight`` x the node cross-entropy for
+    ZS3Net-GC), SGD at ``10 * classifier.lr`` under a per-iteration poly decay. With
+    ``classifier.online_generator`` the generator (and GCN) start fresh and take their steps inside this
+    loop, before each classifier step; otherwise the trained generator only generates. With
+    ``classifier.select_on_val`` the state (segmenter incl. BatchNorm statistics, generators) of the epoch with
+    the best validation unseen mIoU is kept.
+
+    Returns:
+        the mean loss of each epoch.
+    """
+    c, g = cfg.classifier, cfg.generator
+    device = torch.device(cfg.device)
+    rng = torch.Generator().manual_seed(cfg.seed + 3)
+    num_classes = len(data.class_names)
+    model.reset_classifier(num_classes)
+    model.classifier.to(device)
+    emb = emb.to(device)
+    seen_set = set(data.seen_ids)
+    unseen = torch.tensor(data.unseen_ids, dtype=torch.long, device=device)
+    weight = class_weights(num_classes, data.unseen_ids, c.unseen_weight).to(device)
+    node_criterion = classifier_criterion(weight)
+    loader = make_loader(
+        data.train_full, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed + 3
+    )
+    iters = len(loader)
+    opt = official_classifier_optimizer(model.classifier, c.lr)
+    gen_opt = gcn_opt = None
+    if c.online_generator:
+        gen.load_state_dict(build_generator(cfg, emb.shape[1], model.feature_dim).to(device).state_dict())
+        gen_opt = torch.optim.Adam(gen.parameters(), lr=g.lr)
+        if gcn is not None:
+            fresh = GCNGenerator(**g.model_kwargs(emb.shape[1], model.feature_dim)).to(device)
+            gcn.load_state_dict(fresh.state_dict())
+            gcn_opt = torch.optim.Adam(gcn.parameters(), lr=g.lr)
+    # The official scripts never switch the generators to eval mode: dropout stays on as a noise source.
+    gen.train()
+    if gcn is not None:
+        gcn.train()
+
+    def make_fake(cls: int, real: torch.Tensor, has_unseen: bool) -> torch.Tensor | None:
+        if gen_opt is not None and cls in seen_set and not has_unseen:
+            idx = torch.randint(real.shape[0], (g.pixels_per_class,), generator=rng).to(device)
+            return official_generator_step(gen, gen_opt, emb[cls], real, idx, sigmas=g.sigmas)[1]
+        if gen_opt is None and not has_unseen:
+            return None  # a trained generator's fakes of a seen-only image would be discarded
+        with torch.no_grad():
+            return gen(emb[cls].expand(real.shape[0], -1))
+
+    history, best_score, best_state = [], float("-inf"), None
+    for epoch in range(c.epochs):
+        total, n = 0.0, 0
+        bar = tqdm(loader, desc=f"classifier {epoch + 1}/{c.epochs}", leave=False, disable=not progress)
+        for i, (images, labels, _) in enumerate(bar):
+            if images.shape[0] < 2:
+                continue
+            official_poly_lr(opt, c.lr, epoch * iters + i, c.epochs * iters)
+            images, labels = images.to(device), labels.to(device)
+            feats = frozen_features(model, images, mode=c.features)
+            small = labels_at(labels, feats.shape[-2:])
+            maps = official_feature_maps(feats, small, unseen, make_fake)
+            loss = official_classifier_loss(model.classifier, maps.detach(), labels, weight)
+            if gcn is not None:
+                x, y = official_graph_nodes(feats, small, gcn, emb, unseen, opt=gcn_opt, sigmas=g.sigmas)
+                if bool((y != IGNORE).any()):
+                    logits = model.classifier(x[:, :, None, None])[:, :, 0, 0]
+                    loss = loss + cfg.graph.weight * node_criterion(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            n += 1
+        history.append(total / max(n, 1))
+        _log(f"[classifier] epoch {epoch + 1}/{c.epochs} loss {history[-1]:.4f}")
+        if c.select_on_val:
+            score = unseen_miou(evaluate_segmenter(cfg, model, data, progress))
+            _log(f"[classifier] epoch {epoch + 1}/{c.epochs} validation unseen mIoU {score:.2f}")
+            if best_state is None or score > best_score:
+                best_score = score
+                best_state = [{k: v.clone() for k, v in m.state_dict().items()} for m in (model, gen, gcn) if m]
+    if best_state is not None:
+        for m, state in zip([m for m in (model, gen, gcn) if m], best_state, strict=True):
+            m.load_state_dict(state)
+    return history
 
 
 def train_classifier(
@@ -298,13 +487,16 @@ def train_classifier(
 ) -> None:
     """Stage 3: re-initialise the 1x1 classifier, train it on real seen + generated unseen features.
 
-    The protocol picks the batches: :func:`~zeroseg.generative.strict_batch` over the seen-only images, or
-    :func:`~zeroseg.generative.official_batch` over every training image with its full ground truth. The loss
-    weights unseen classes by ``classifier.unseen_weight`` (:func:`~zeroseg.generative.class_weights`).
+    ``official`` runs :func:`train_classifier_official`. ``strict``: :func:`~zeroseg.generative.strict_batch`
+    over the seen-only images, fit by :func:`~zeroseg.generative.fit_linear_classifier` at ``classifier.lr``.
+    The loss weights unseen classes by ``classifier.unseen_weight`` (:func:`~zeroseg.generative.class_weights`).
     With ``gcn`` (ZS3Net-GC) each batch also carries graph-node features (see :func:`graph_node_samples`),
     weighted by ``graph.weight``.
     """
     c = cfg.classifier
+    if c.protocol == "official":
+        train_classifier_official(cfg, model, gen, emb, data, progress, gcn=gcn)
+        return
     device = torch.device(cfg.device)
     rng = torch.Generator().manual_seed(cfg.seed + 3)
     num_classes = len(data.class_names)
@@ -317,29 +509,21 @@ def train_classifier(
     unseen = torch.tensor(data.unseen_ids, dtype=torch.long)
     weight = class_weights(num_classes, data.unseen_ids, c.unseen_weight)
     per = cfg.generator.pixels_per_class
-    strict = c.protocol == "strict"
     if gcn is not None:
         gcn.train()  # dropout on while generating, as for the GMMN
     loader = make_loader(
-        data.train_plain if strict else data.train_full,
-        cfg.data.batch_size,
-        shuffle=True,
-        workers=cfg.data.num_workers,
-        seed=cfg.seed + 3,
+        data.train_plain, cfg.data.batch_size, shuffle=True, workers=cfg.data.num_workers, seed=cfg.seed + 3
     )
 
     def batches():
-        for f, y_small in feature_batches(model, loader, device):
-            if strict:
-                batch = strict_batch(f, y_small, gen, emb, seen, unseen, per, rng)
-                if batch is None:
-                    continue
-            else:
-                batch = official_batch(f, y_small, gen, emb, unseen)
+        for f, y_small in feature_batches(model, loader, device, mode=c.features):
+            batch = strict_batch(f, y_small, gen, emb, seen, unseen, per, rng)
+            if batch is None:
+                continue
             if gcn is None:
                 yield batch
             else:
-                nodes = graph_node_samples(f, y_small, gcn, emb, unseen.to(device), strict=strict, rng=rng)
+                nodes = graph_node_samples(f, y_small, gcn, emb, unseen.to(device), strict=True, rng=rng)
                 yield (*batch, *nodes)
 
     fit_linear_classifier(
@@ -404,7 +588,7 @@ def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, 
         [Sample(images[s], pseudo_dir / f"{s}.png") for s in stems],
         read_label_png,
         data.class_names,
-        transform=train_transform(cfg.data.crop_size, cfg.data.scale_range),
+        transform=data_train_transform(cfg.data),
         seed=None if aug_seed is None else aug_seed + 1,  # + 1: not the draws of data.train's same indices
         name="pseudo-labels",
     )
@@ -437,6 +621,7 @@ def self_train(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroShotData, 
             progress=progress,
             amp=cfg.engine.amp,
             grad_accum=cfg.engine.grad_accum,
+            batch_average=cfg.segmenter.batch_average,
         )
         _log(f"[selftrain] epoch {epoch + 1}/{st.epochs} loss {loss:.4f}")
     set_dataset_epoch(train_set, 0)
@@ -478,6 +663,20 @@ def evaluate_segmenter(cfg: ExperimentConfig, model: DeepLabV3Plus, data: ZeroSh
     )
 
 
+def check_classifier_config(cfg: ExperimentConfig) -> None:
+    """``classifier.online_generator`` and ``classifier.select_on_val`` are valeoai/ZS3's schedule; the second
+    selects on the unseen classes of the validation set, so neither is allowed with the leakage-free
+    ``strict`` protocol.
+
+    Raises:
+        ZeroSegError: either set with ``classifier.protocol: strict``.
+    """
+    c = cfg.classifier
+    for key in ("online_generator", "select_on_val"):
+        if getattr(c, key) and c.protocol != "official":
+            raise ZeroSegError(f"classifier.{key}=true needs classifier.protocol=official (strict is leakage-free)")
+
+
 def train(cfg: ExperimentConfig, *, progress: bool = True, allow_changed: bool = False) -> RunResult:
     """Run every stage of ZS3Net (and ZS5Net when ``selftrain.enabled``), resuming after the last done.
 
@@ -517,7 +716,9 @@ def run_stages(run: Run) -> RunResult:
             metrics = evaluate_segmenter(cfg, model, data, progress)
         run.finish_stage(stage, tensors, checkpoint_meta(cfg, data, stage, emb, feature_dim=model.feature_dim), metrics)
 
-    skip = {"selftrain": not cfg.selftrain.enabled, "graph": not cfg.graph.enabled}
+    check_classifier_config(cfg)
+    online = cfg.classifier.online_generator  # the generators are trained inside the classifier stage
+    skip = {"selftrain": not cfg.selftrain.enabled, "graph": not cfg.graph.enabled or online, "generator": online}
     last_done, todo = run.todo([s for s in STAGES if not skip.get(s, False)])
     if last_done:
         tensors, _ = load_checkpoint(run.dir / last_done)
