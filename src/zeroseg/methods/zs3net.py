@@ -550,11 +550,14 @@ class ZS3Predictor:
         self.model = DeepLabV3Plus(**meta["segmenter"])
         self.model.load_state_dict(unprefixed(tensors, "segmenter."))
         self.model.to(self.device).eval()
-        self.generator = GMMNGenerator(**meta["generator"])
-        self.generator.load_state_dict(unprefixed(tensors, "generator."))
-        self.generator.to(self.device).eval()
-        self.bank_x = tensors["bank.features"]
-        self.bank_y = tensors["bank.labels"]
+        # An imported official segmenter without its generator file has neither (zeroseg.weights.zs3).
+        self.generator: GMMNGenerator | None = None
+        if meta.get("generator") is not None:
+            self.generator = GMMNGenerator(**meta["generator"])
+            self.generator.load_state_dict(unprefixed(tensors, "generator."))
+            self.generator.to(self.device).eval()
+        self.bank_x = tensors.get("bank.features")
+        self.bank_y = tensors.get("bank.labels")
         self.seen_names = [self.class_names[i] for i in meta["seen_ids"]]
 
     def set_classes(self, names: list[str], *, samples_per_class: int = 256, epochs: int = 60, seed: int = 0) -> None:
@@ -571,6 +574,11 @@ class ZS3Predictor:
             raise ZeroSegError(
                 "a ZS5Net (selftrain) checkpoint is fine-tuned for its own classes; "
                 "use the run's classifier checkpoint to segment a new class list"
+            )
+        if self.generator is None or self.bank_x is None or not self.meta.get("encoder"):
+            raise ZeroSegError(
+                "this checkpoint serves its own classes only (it has no generator, feature bank or text encoder); "
+                "import the official generator file with --generator and --encoder to segment other classes"
             )
         torch.manual_seed(seed)
         emb = class_embeddings(self.meta["encoder"], tuple(names)).to(self.device)
