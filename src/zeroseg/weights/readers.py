@@ -82,6 +82,8 @@ _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
+    # Protocol-2 pickles (Python-2 compatible) spell byte strings as _codecs.encode(text, "latin1").
+    ("_codecs", "encode"),
 }
 
 
@@ -91,6 +93,10 @@ def _allowed_global(module: str, name: str) -> Any:
         return getattr(core.multiarray, name)
     if module == "collections":
         return dict
+    if module == "_codecs":
+        import codecs
+
+        return codecs.encode
     return getattr(np, name)
 
 
