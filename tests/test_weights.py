@@ -232,7 +232,8 @@ def test_caffe2_pkl_trunk_loads_into_torchvision_resnet(tmp_path):
     net = build_backbone("resnet18", pretrained=tmp_path / "R-18.pkl").eval()
     assert torch.equal(net.layer2[0].downsample[0].weight, torch.from_numpy(model["res3_0_branch1_w"]))
     assert torch.equal(net.layer4[1].conv2.weight, torch.from_numpy(model["res5_1_branch2b_w"]))
-    # A folded Caffe2 BN is scale * x + bias.
+    # A folded Caffe2 BN is scale * x + bias: no statistics, var + eps exactly 1.
+    assert torch.allclose(net.bn1.running_var + net.bn1.eps, torch.ones(64), rtol=0, atol=1e-7)
     x = torch.randn(1, 64, 2, 2)
     s, b = torch.from_numpy(model["res_conv1_bn_s"]), torch.from_numpy(model["res_conv1_bn_b"])
     assert torch.allclose(net.bn1(x), s[None, :, None, None] * x + b[None, :, None, None], atol=1e-5)
