@@ -204,6 +204,78 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights_import(args: argparse.Namespace) -> int:
+    if args.method == "zs3net":
+        from zeroseg.weights.zs3 import import_zs3net
+
+        path = import_zs3net(
+            args.checkpoint,
+            split=args.split,
+            out=args.out,
+            generator=args.generator,
+            encoder=args.encoder,
+            embeddings=args.embeddings,
+        )
+    else:
+        from zeroseg.weights.zegformer import import_zegformer
+
+        if args.clip is None:
+            raise ZeroSegError("zegformer import needs --clip FILE (the CLIP ViT-B/16 weights)")
+        path = import_zegformer(
+            args.checkpoint,
+            clip=args.clip,
+            split=args.split,
+            out=args.out,
+            clip_model=args.clip_model,
+            test_templates=args.test_templates,
+            train_templates=args.train_templates,
+            clip_image=not args.no_clip_image,
+        )
+    from zeroseg.engine.checkpoint import load_checkpoint_meta
+
+    meta = load_checkpoint_meta(path)
+    for f in meta["imported"]["files"]:
+        print(f"{f['role']:>10}: {f['name']}  sha256 {f['sha256']}")
+    print(f"wrote {path}; use it with `zeroseg predict --checkpoint {path.with_suffix('')}`")
+    return 0
+
+
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    from zeroseg.weights.registry import RELEASES
+
+    rows = list(RELEASES.values())
+    if args.json:
+        import dataclasses
+
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return 0
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        paper = ""
+        if r.paper:
+            paper = "paper " + " ".join(f"{k.removesuffix('_miou')} {v:.1f}" for k, v in r.paper.items())
+        size = f"{r.size} B" if r.size else "size ?"
+        sha = f"sha256 {r.sha256[:12]}..." if r.sha256 else "sha256 ?"
+        print(f"{r.name:<{width}}  {r.method:<9} {r.split or '-':<18} {paper}")
+        print(f"{'':<{width}}  {r.filename}  {size}  {sha}")
+        print(f"{'':<{width}}  {r.url or r.note}")
+    return 0
+
+
+def cmd_weights_download(args: argparse.Namespace) -> int:
+    from zeroseg.weights.download import download
+    from zeroseg.weights.registry import get_release
+
+    release = get_release(args.name)
+    url = args.url or release.url
+    if url is None:
+        raise ZeroSegError(f"{release.name} has no direct download link: {release.note}")
+    path, digest = download(url, Path(args.to) / release.filename, size=release.size, sha256=release.sha256)
+    verified = " (verified)" if release.sha256 else " (no recorded sha256 to compare with)"
+    print(f"{path}  sha256 {digest}{verified}")
+    return 0
+
+
 def _write_json(path: str | Path, data: object) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -306,6 +378,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--subset", help="seen only: file list to convert (default train_aug for voc, else train)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_data_prepare)
+
+    s = sub.add_parser("weights", help="released weights: import official checkpoints, list, download")
+    wsub = s.add_subparsers(dest="weights_command", required=True, metavar="SUBCOMMAND")
+    c = wsub.add_parser("import", help="convert an official checkpoint into a zeroseg checkpoint")
+    c.add_argument("method", choices=["zs3net", "zegformer"])
+    c.add_argument("--checkpoint", required=True, help="official file (.pth.tar / model_final.pth)")
+    c.add_argument("--split", required=True, help="zeroseg split the model was trained on (voc-zs3-k2, ...)")
+    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--generator", help="zs3net: official generator_* file (GMMN, + GCN for -GC models)")
+    c.add_argument("--encoder", help="zs3net: text encoder for new class names (word2vec:<GoogleNews .bin>)")
+    c.add_argument("--embeddings", help="zs3net: official class embeddings (.pkl / .npy)")
+    c.add_argument("--clip", help="zegformer: CLIP ViT-B/16 weights (.safetensors or weights-only .pt)")
+    c.add_argument("--clip-model", default="ViT-B-16", help="zegformer: open_clip model name or config .json")
+    c.add_argument("--test-templates", default="single", help="zegformer: prompt templates at inference")
+    c.add_argument("--train-templates", help="zegformer: prompt templates of training (COCO: imagenet_select)")
+    c.add_argument("--no-clip-image", action="store_true", help="zegformer: no CLIP image branch at inference")
+    c.set_defaults(func=cmd_weights_import)
+    c = wsub.add_parser("list", help="the released weights zeroseg knows, with the paper numbers")
+    c.add_argument("--json", action="store_true", help="JSON output")
+    c.set_defaults(func=cmd_weights_list)
+    c = wsub.add_parser("download", help="download released weights (resumable, sha256 printed and verified)")
+    c.add_argument("name", help="registry name (zeroseg weights list)")
+    c.add_argument("--to", default="weights", help="directory (default: weights/)")
+    c.add_argument("--url", help="another URL (a mirror) for the same file")
+    c.set_defaults(func=cmd_weights_download)
 
     s = sub.add_parser("embed", help="print the cosine-similarity matrix of class-name embeddings")
     s.add_argument("--encoder", default="glove-6b-50d", help="encoder spec (default glove-6b-50d)")

@@ -759,23 +759,24 @@ class ZS3Predictor:
 
         checkpoint_method(checkpoint)  # a final checkpoint of ZS3Net, ZS5Net or ZS-MMD, or a one-line error
         tensors, meta = load_checkpoint(checkpoint)
-        require(meta, ("class_names", "seen_ids", "encoder", "segmenter", "generator"), checkpoint)
-        for key in ("bank.features", "bank.labels"):
-            if key not in tensors:
-                raise ZeroSegError(f"{checkpoint_path(checkpoint)}: checkpoint lacks the tensor {key}")
+        require(meta, ("class_names", "seen_ids", "encoder", "segmenter"), checkpoint)
         self.meta, self.device = meta, torch.device(device)
         self.class_names: tuple[str, ...] = tuple(meta["class_names"])
         try:
             self.model = DeepLabV3Plus(**meta["segmenter"])
-            self.generator = GMMNGenerator(**meta["generator"])
+            # An imported official segmenter without its generator file has neither (zeroseg.weights.zs3).
+            self.generator: GMMNGenerator | None = None
+            if meta.get("generator") is not None:
+                self.generator = GMMNGenerator(**meta["generator"])
         except TypeError as e:
             raise ZeroSegError(f"{checkpoint_path(checkpoint)}: unusable model metadata ({e})") from None
         load_into(self.model, unprefixed(tensors, "segmenter."), checkpoint, "the segmenter")
         self.model.to(self.device).eval()
-        load_into(self.generator, unprefixed(tensors, "generator."), checkpoint, "the generator")
-        self.generator.to(self.device).eval()
-        self.bank_x = tensors["bank.features"]
-        self.bank_y = tensors["bank.labels"]
+        if self.generator is not None:
+            load_into(self.generator, unprefixed(tensors, "generator."), checkpoint, "the generator")
+            self.generator.to(self.device).eval()
+        self.bank_x = tensors.get("bank.features")
+        self.bank_y = tensors.get("bank.labels")
         self.seen_names = [self.class_names[i] for i in meta["seen_ids"]]
 
     def set_classes(self, names: list[str], *, samples_per_class: int = 256, epochs: int = 60, seed: int = 0) -> None:
@@ -792,6 +793,11 @@ class ZS3Predictor:
             raise ZeroSegError(
                 "a ZS5Net (selftrain) checkpoint is fine-tuned for its own classes; "
                 "use the run's classifier checkpoint to segment a new class list"
+            )
+        if self.generator is None or self.bank_x is None or not self.meta.get("encoder"):
+            raise ZeroSegError(
+                "this checkpoint serves its own classes only (it has no generator, feature bank or text encoder); "
+                "import the official generator file with --generator and --encoder to segment other classes"
             )
         torch.manual_seed(seed)
         emb = class_embeddings(self.meta["encoder"], tuple(names)).to(self.device)

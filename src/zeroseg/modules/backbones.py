@@ -21,7 +21,7 @@ from torchvision.models import resnet
 
 from zeroseg.errors import ZeroSegError
 
-BACKBONE_NAMES: tuple[str, ...] = ("tiny", "resnet18", "resnet50", "resnet101")
+BACKBONE_NAMES: tuple[str, ...] = ("tiny", "resnet18", "resnet50", "resnet101", "efficientnet_lite0")
 
 # Official ZS3 (resnet.py, ``blocks = [1, 2, 4]``): dilation multipliers of the three layer4 blocks.
 _MULTI_GRID: tuple[int, ...] = (1, 2, 4)
@@ -144,10 +144,12 @@ def build_backbone(name: str, *, output_stride: int = 16, pretrained: str | Path
     """Build a backbone, optionally loading local pretrained weights (never downloads).
 
     Args:
-        name: one of ``"tiny"``, ``"resnet18"``, ``"resnet50"``, ``"resnet101"``.
+        name: one of ``"tiny"``, ``"resnet18"``, ``"resnet50"``, ``"resnet101"``, ``"efficientnet_lite0"``.
         output_stride: 16 or 8.
         pretrained: path to a torchvision-format state dict (``.pth``/``.pt``/``.pth.tar`` read with
-            ``torch.load(weights_only=True)``, or ``.safetensors``). A ``{"state_dict": ...}`` wrapper
+            ``torch.load(weights_only=True)``, or ``.safetensors``), or a detectron2/Caffe2 ImageNet ``.pkl``
+            (``R-101.pkl``, read with a restricted array unpickler and renamed to torchvision's names); for
+            ``efficientnet_lite0`` the released ``efficientnet-lite0-57934424.pth``. A ``{"state_dict": ...}`` wrapper
             and a ``module.`` key prefix (both used by the official ZS3 ImageNet checkpoint) are
             accepted; torchvision's ``fc.*`` classifier entries are ignored.
 
@@ -164,6 +166,11 @@ def build_backbone(name: str, *, output_stride: int = 16, pretrained: str | Path
     elif name in ("resnet18", "resnet50", "resnet101"):
         factory = {"resnet18": resnet.resnet18, "resnet50": resnet.resnet50, "resnet101": resnet.resnet101}
         model = ResNetBackbone(factory[name](weights=None), output_stride=output_stride)
+    elif name == "efficientnet_lite0":
+        from zeroseg.weights.efficientnet import EfficientNetLiteBackbone
+
+        # Its own reader: the released file has the EfficientNet-PyTorch names, mapped key by key.
+        return EfficientNetLiteBackbone(output_stride=output_stride, pretrained=pretrained)
     else:
         raise ZeroSegError(f"backbone {name!r}: unknown (choose from {', '.join(BACKBONE_NAMES)})")
     if pretrained is not None:
@@ -175,12 +182,18 @@ def _read_state_dict(path: Path) -> Mapping[str, object]:
     if not path.is_file():
         raise ZeroSegError(f"{path}: pretrained weights file not found")
     try:
+        if path.suffix == ".pkl":
+            from zeroseg.weights.detectron2 import read_detectron2_resnet
+
+            return read_detectron2_resnet(path)
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             obj: object = load_file(str(path), device="cpu")
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except ZeroSegError:
+        raise
     except Exception as exc:  # any reader failure means an unreadable file for the user
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ZeroSegError(f"{path}: cannot read weights ({reason})") from None
