@@ -154,11 +154,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from zeroseg.methods import evaluate_checkpoint
 
     cfg = load_config(args.config, args.overrides)
+    out = args.json or str(Path(args.checkpoint).with_suffix("")) + ".eval.json"
+    if Path(out).is_dir():  # refused before the evaluation, not after it
+        raise ZeroSegError(f"{out}: --json names a folder; give a file name")
     result = evaluate_checkpoint(cfg, args.checkpoint, progress=not args.quiet)
     transductive = ", transductive" if result["transductive"] else ""
     title = f"{result.get('variant', result['method'])} ({result['protocol']} protocol{transductive})"
     print(format_metrics_table(result["metrics"], title=title))
-    out = args.json or str(Path(args.checkpoint).with_suffix("")) + ".eval.json"
     _write_json(out, result)
     print(f"wrote {out}")
     return 0
@@ -168,7 +170,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from zeroseg.methods.predict import predict_images
 
     classes = None if args.classes is None else parse_class_list(args.classes)
-    written = predict_images(args.checkpoint, args.images, args.out, classes=classes, size=args.size)
+    written = predict_images(
+        args.checkpoint, args.images, args.out, classes=classes, size=args.size, max_pixels=args.max_pixels
+    )
     for path in written:
         print(path)
     return 0
@@ -277,11 +281,11 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: str | Path, data: object) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(p)
+    from zeroseg.files import atomic_write_json
+
+    if Path(path).is_dir():
+        raise ZeroSegError(f"{path}: --json names a folder; give a file name")
+    atomic_write_json(path, data)
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -334,7 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
         "one class per line (default: the checkpoint's classes)",
     )
     s.add_argument("--out", required=True, help="output directory for label PNGs and overlays")
-    s.add_argument("--size", type=int, default=None, help="resize the shorter side to this before inference")
+    s.add_argument(
+        "--size", type=int, default=None, help="resize the shorter side to this first (default: the image's own size)"
+    )
+    s.add_argument(
+        "--max-pixels",
+        type=int,
+        default=2048 * 2048,
+        help="larger images are labelled on a downscaled copy, labels resized back (bounds memory; default 2048^2)",
+    )
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("evaluate", help="evaluate a folder of label PNGs against ground truth PNGs")
@@ -422,13 +434,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def one_line(message: str) -> str:
+    """The user's line of an error message: a ZeroSegError raised in a DataLoader worker arrives wrapped in the
+    worker's traceback, whose last line is the original message."""
+    if "Original Traceback" in message:
+        last = [line for line in message.splitlines() if line.strip()][-1]
+        return last.split("ZeroSegError: ", 1)[-1]
+    return message.splitlines()[0] if message else message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ZeroSegError as e:
-        print(f"zeroseg: error: {e}", file=sys.stderr)
+        print(f"zeroseg: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A file-system problem in the user's paths (read-only, full disk, a file where a folder should be).
+        where = e.filename or "?"
+        print(f"zeroseg: error: {where}: {e.strerror or e.__class__.__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zeroseg: interrupted (completed checkpoints are kept; re-run to resume)", file=sys.stderr)

@@ -11,6 +11,7 @@ the file or key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -440,9 +441,58 @@ def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     return cls(**kwargs)
 
 
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def _ranges(cfg: ExperimentConfig) -> list[tuple[str, Any, bool, str]]:
+    """``(key, value, ok, requirement)`` of every value whose type alone does not make it usable."""
+    d, s, g, c = cfg.data, cfg.segmenter, cfg.generator, cfg.classifier
+    st, z, zm = cfg.selftrain, cfg.zegformer, cfg.zs_mmd
+    return [
+        ("device", cfg.device, bool(_DEVICE.match(cfg.device)), "cpu, cuda, cuda:N or mps"),
+        ("data.batch_size", d.batch_size, d.batch_size >= 1, ">= 1"),
+        ("data.eval_batch_size", d.eval_batch_size, d.eval_batch_size >= 1, ">= 1"),
+        ("data.num_workers", d.num_workers, d.num_workers >= 0, ">= 0"),
+        ("data.crop_size", d.crop_size, d.crop_size >= 1, ">= 1"),
+        ("data.eval_size", d.eval_size, d.eval_size is None or d.eval_size >= 1, "null or >= 1"),
+        ("data.max_train_images", d.max_train_images, d.max_train_images is None or d.max_train_images >= 1, ">= 1"),
+        ("data.max_val_images", d.max_val_images, d.max_val_images is None or d.max_val_images >= 1, ">= 1"),
+        ("data.scale_range", list(d.scale_range), 0 < d.scale_range[0] <= d.scale_range[1], "0 < low <= high"),
+        ("segmenter.epochs", s.epochs, s.epochs >= 1, ">= 1"),
+        ("segmenter.lr", s.lr, s.lr > 0, "> 0"),
+        ("generator.epochs", g.epochs, g.epochs >= 1, ">= 1"),
+        ("generator.lr", g.lr, g.lr > 0, "> 0"),
+        ("generator.pixels_per_class", g.pixels_per_class, g.pixels_per_class >= 1, ">= 1"),
+        ("classifier.epochs", c.epochs, c.epochs >= 1, ">= 1"),
+        ("classifier.lr", c.lr, c.lr > 0, "> 0"),
+        ("classifier.unseen_weight", c.unseen_weight, c.unseen_weight > 0, "> 0"),
+        ("selftrain.epochs", st.epochs, st.epochs >= 1, ">= 1"),
+        ("selftrain.top_percent", st.top_percent, 0 < st.top_percent <= 100, "in (0, 100]"),
+        ("zegformer.iters", z.iters, z.iters >= 1, ">= 1"),
+        ("zegformer.lr", z.lr, z.lr > 0, "> 0"),
+        ("zegformer.num_queries", z.num_queries, z.num_queries >= 1, ">= 1"),
+        ("zs_mmd.generator_epochs", zm.generator_epochs, zm.generator_epochs >= 1, ">= 1"),
+        ("engine.grad_accum", cfg.engine.grad_accum, cfg.engine.grad_accum >= 1, ">= 1"),
+    ]
+
+
+def check_values(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Refuse values that type-check but cannot run (negative epochs, an empty batch, an unknown device), before
+    any stage starts.
+
+    Raises:
+        ZeroSegError: naming the first bad key, its value and what it must be.
+    """
+    for key, value, ok, requirement in _ranges(cfg):
+        if not ok:
+            raise ZeroSegError(f"config key '{key}': {value!r} must be {requirement}")
+    return cfg
+
+
 def from_dict(data: dict, cls: type[T] = ExperimentConfig) -> T:
-    """Build a config dataclass from a plain mapping, checking keys and types."""
-    return _from_dict(cls, data)
+    """Build a config dataclass from a plain mapping, checking keys, types and (for an experiment) value ranges."""
+    cfg = _from_dict(cls, data)
+    return check_values(cfg) if isinstance(cfg, ExperimentConfig) else cfg
 
 
 def to_dict(cfg: Any) -> dict:
@@ -523,9 +573,13 @@ def read_config_mapping(spec: str | Path) -> dict:
     """The raw mapping of a config file or packaged config name (not validated; see :func:`resolve_config`)."""
     p = resolve_config(spec)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ZeroSegError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ZeroSegError(f"{p}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise ZeroSegError(f"{p}: cannot read ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise ZeroSegError(f"{p}: the top level must be a mapping of config keys")
     return data

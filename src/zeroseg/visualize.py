@@ -59,8 +59,7 @@ def save_overlay_with_legend(
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def save_panel(
@@ -86,12 +85,31 @@ def save_panel(
     handles = [Patch(color=colours[c] / 255.0, label=class_names[c]) for c in sorted(present) if c < len(class_names)]
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path, dpi=100)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig: plt.Figure, path: str | Path) -> None:
+    """Write a figure as PNG atomically and close it."""
+    import io
+
+    from zeroseg.files import atomic_save_image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    buf.seek(0)
+    with Image.open(buf) as img:
+        atomic_save_image(path, img, "PNG")
 
 
 def save_label_png(label: np.ndarray, path: str | Path) -> None:
-    """Save (H,W) ids as a palette PNG (raw ids are the pixel values; the palette is for viewing)."""
+    """Save (H,W) ids atomically: a palette PNG (raw ids are the pixel values; the palette is for viewing), or
+    a 16-bit grayscale PNG when an id exceeds 255 (vocabularies of more than 256 classes)."""
+    from zeroseg.files import atomic_save_image, atomic_write_png
+
+    if label.size and int(label.max()) > 255:
+        atomic_write_png(path, label.astype(np.uint16))
+        return
     img = Image.fromarray(label.astype(np.uint8), mode="P")
     img.putpalette(palette(256).astype(np.uint8).reshape(-1).tolist())
-    img.save(path)
+    atomic_save_image(path, img, "PNG")

@@ -55,7 +55,17 @@ def log(msg: str) -> None:
 
 def join(cfg: Any) -> Any:
     """Join torchrun's process group (a no-op in a single process); ``cfg`` with this rank's device
-    (``cuda:<local rank>`` under torchrun)."""
+    (``cuda:<local rank>`` under torchrun).
+
+    Raises:
+        ZeroSegError: ``device`` names a CUDA (or MPS) device this machine does not have.
+    """
+    if cfg.device.startswith("cuda"):
+        index = int(cfg.device.split(":")[1]) if ":" in cfg.device else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ZeroSegError(f"device {cfg.device!r}: no such CUDA device here; set device=cpu")
+    if cfg.device == "mps" and not torch.backends.mps.is_available():
+        raise ZeroSegError("device 'mps': not available here; set device=cpu")
     return dataclasses.replace(cfg, device=init_distributed(cfg.device))
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from zeroseg.data.io import IMAGENET_MEAN, IMAGENET_STD
+from zeroseg.data.io import IMAGENET_MEAN, IMAGENET_STD, load_image
 from zeroseg.errors import ZeroSegError
 from zeroseg.visualize import save_label_png, save_overlay_with_legend
 
@@ -28,26 +30,56 @@ def vocabulary(names: Sequence[str]) -> list[str]:
     return clean
 
 
+#: Inference beyond this many pixels runs on a downscaled copy (peak memory grows ~400 B per pixel).
+MAX_PIXELS = 2048 * 2048
+
+
 def read_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Read an image file as (H,W,3) uint8, optionally resizing its shorter side to ``size``."""
-    p = Path(path)
-    if not p.is_file():
-        raise ZeroSegError(f"{p}: image not found")
-    try:
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            if size is not None:
-                scale = size / min(im.size)
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
-            return np.array(im)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ZeroSegError(f"{p}: cannot read image ({e.__class__.__name__})") from None
+    """Read an image file as (H,W,3) uint8 (:func:`zeroseg.data.io.load_image`), optionally resizing its shorter
+    side to ``size``.
+
+    Raises:
+        ZeroSegError: a missing or undecodable file, or ``size < 1``.
+    """
+    if size is not None and size < 1:
+        raise ZeroSegError(f"--size {size}: must be a positive number of pixels")
+    image = load_image(path)
+    if size is None:
+        return image
+    h, w = image.shape[:2]
+    scale = size / min(h, w)
+    im = Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    return np.asarray(im)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H,W,3) uint8 -> (1,3,H,W) ImageNet-normalised float."""
     x = (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     return torch.from_numpy(x.transpose(2, 0, 1).astype(np.float32))[None]
+
+
+def predict_labels(predictor: Any, image: np.ndarray, *, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str | None]:
+    """Labels ``(H, W)`` of one image at its own size, with memory bounded by ``max_pixels``.
+
+    A larger image is labelled on a copy downscaled to at most ``max_pixels`` and the labels are resized back
+    (nearest neighbour) to the image's size.
+
+    Returns:
+        ``(labels, note)``: ``note`` says when the image was downscaled (None otherwise).
+    """
+    h, w = image.shape[:2]
+    note = None
+    work = image
+    if h * w > max_pixels:
+        scale = (max_pixels / (h * w)) ** 0.5
+        size = (max(1, int(w * scale)), max(1, int(h * scale)))
+        work = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        note = f"{w}x{h} pixels: labelled at {size[0]}x{size[1]} (over {max_pixels} pixels), labels resized back"
+    labels, _ = predictor.predict(to_tensor(work))
+    label = labels[0].numpy()
+    if note is not None:
+        label = np.asarray(Image.fromarray(label.astype(np.int32)).resize((w, h), Image.NEAREST))
+    return label.astype(np.int64), note
 
 
 def predict_images(
@@ -57,32 +89,44 @@ def predict_images(
     *,
     classes: list[str] | None = None,
     size: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> list[Path]:
-    """Write ``<stem>.png`` (label ids, palette PNG) and ``<stem>_overlay.png`` (with legend) per image.
+    """Write ``<stem>.png`` (label ids, palette PNG) and ``<stem>_overlay.png`` (with legend) per image, at each
+    image's own size (or its shorter side resized to ``size``).
 
     Returns:
         the written paths. All inputs are read and checked before anything is written.
+
+    Raises:
+        ZeroSegError: an unreadable image, two inputs with the same file stem (their outputs would overwrite each
+            other), ``size < 1``, or an output folder that cannot be written.
     """
     from zeroseg.methods import load_predictor
 
+    stems = [Path(p).stem for p in images]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        same = [str(p) for p in images if Path(p).stem == clash[0]]
+        raise ZeroSegError(f"{' and '.join(same)}: same file stem '{clash[0]}', their outputs would overwrite")
     predictor = load_predictor(checkpoint)
     arrays = [read_rgb(p, size) for p in images]
     if classes is not None:
         predictor.set_classes(classes)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ZeroSegError(f"{out}: --out is a file, not a folder")
     written = []
-    for path, image in zip(images, arrays, strict=True):
-        labels, _ = predictor.predict(to_tensor(image))
-        label = labels[0].numpy().astype(np.uint8)
-        stem = Path(path).stem
+    for path, image, stem in zip(images, arrays, stems, strict=True):
+        label, note = predict_labels(predictor, image, max_pixels=max_pixels)
+        if note:
+            print(f"{path}: {note}", file=sys.stderr)
         save_label_png(label, out / f"{stem}.png")
         save_overlay_with_legend(
             image,
             label,
             predictor.class_names,
             out / f"{stem}_overlay.png",
-            title=f"{predictor.meta['method']} prediction",
+            title=f"{predictor.meta.get('variant', predictor.meta['method'])} prediction",
         )
         written += [out / f"{stem}.png", out / f"{stem}_overlay.png"]
     return written
