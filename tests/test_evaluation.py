@@ -181,3 +181,25 @@ def test_format_metrics_table(folders: tuple[Path, Path]) -> None:
     text = format_metrics_table(bare)
     assert "hIoU               n/a" in text.splitlines()
     assert text.splitlines()[-1] == "9 pixels; * = unseen class"
+
+
+def test_evaluate_predictor_skips_the_wide_ignore_id_of_16_bit_label_spaces():
+    """PC-459/ADE-847 labels are 16-bit with ignore 65535: those pixels are skipped, not an out-of-range error."""
+    from types import SimpleNamespace
+
+    from zeroseg.engine.evaluator import evaluate_predictor
+
+    labels = torch.tensor([[[0, 1], [65535, 1]]])  # one ignored pixel
+    val = [(torch.zeros(3, 2, 2), labels[0], "a")]
+    data = SimpleNamespace(
+        val=val,
+        class_names=("a", "b", "c"),
+        seen_ids=(0, 1),
+        unseen_ids=(2,),
+        split=SimpleNamespace(dataset_class_names=tuple(f"c{i}" for i in range(459))),
+    )
+    cfg = SimpleNamespace(eval_batch_size=1, num_workers=0)
+    m = evaluate_predictor(lambda x: torch.tensor([[[0, 1], [2, 0]]]), data, cfg, device="cpu", progress=False)
+    # 3 counted pixels: (0->0), (1->1), (1->0); class 0 IoU 1/2, class 1 IoU 1/2, class 2 never present.
+    assert m["num_pixels"] == 3
+    assert m["per_class"][0]["iou"] == pytest.approx(50.0) and m["per_class"][1]["iou"] == pytest.approx(50.0)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from zeroseg.data.io import IGNORE, IGNORE_WIDE
 from zeroseg.engine.loaders import make_loader
 from zeroseg.metrics import ConfusionMatrix, compute_metrics
 
@@ -24,18 +25,21 @@ class SemSegEvaluator:
     """Streaming seen/unseen segmentation metrics over a fixed class list.
 
     Args:
-        class_names: the evaluated classes (``C``); labels are their indices, 255 is ignored.
+        class_names: the evaluated classes (``C``); labels are their indices, ``ignore_index`` is skipped.
         seen_ids / unseen_ids: indices into ``class_names`` for seen/unseen mIoU and hIoU.
     """
 
-    def __init__(self, class_names: Sequence[str], seen_ids: Sequence[int], unseen_ids: Sequence[int]) -> None:
+    def __init__(
+        self, class_names: Sequence[str], seen_ids: Sequence[int], unseen_ids: Sequence[int], *, ignore_index: int = 255
+    ) -> None:
         self.class_names = tuple(class_names)
         self.seen_ids, self.unseen_ids = list(seen_ids), list(unseen_ids)
+        self.ignore_index = ignore_index
         self.reset()
 
     def reset(self) -> None:
         """Forget everything processed so far."""
-        self.cm = ConfusionMatrix(len(self.class_names))
+        self.cm = ConfusionMatrix(len(self.class_names), ignore_index=self.ignore_index)
 
     def process(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch: ``predictions`` and ``labels`` (B, H, W) class indices (labels 255 = ignore)."""
@@ -88,5 +92,8 @@ def evaluate_predictor(
     loader = make_loader(
         data.val, data_cfg.eval_batch_size, shuffle=False, workers=data_cfg.num_workers, seed=0, shard=True
     )
-    evaluator = SemSegEvaluator(data.class_names, data.seen_ids, data.unseen_ids)
+    # Label spaces of more than 255 dataset classes (PC-459, ADE-847) are 16-bit with ignore 65535.
+    wide = len(data.split.dataset_class_names) > IGNORE
+    ignore = IGNORE_WIDE if wide else IGNORE
+    evaluator = SemSegEvaluator(data.class_names, data.seen_ids, data.unseen_ids, ignore_index=ignore)
     return inference_on_dataset(predict, loader, evaluator, device=device, progress=progress)
