@@ -196,7 +196,7 @@ def test_ddp_training_two_ranks(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), "train"), nprocs=2, join=True)
     run = tmp_path / "runs" / "ddp"
     for stage in ("segmenter", "generator", "classifier"):
-        assert (run / f"{stage}.json").is_file()
+        assert (run / f"{stage}.safetensors").is_file()
     assert not list(run.glob("*.tmp"))
     w0 = load_file(str(tmp_path / "weights_rank0.safetensors"))["w"]
     w1 = load_file(str(tmp_path / "weights_rank1.safetensors"))["w"]
@@ -285,7 +285,7 @@ engine: {{sync_bn: true}}
     )
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), "zegformer"), nprocs=2, join=True)
     run = tmp_path / "runs" / "zf"
-    assert (run / "zegformer.json").is_file() and not (run / "zegformer_last.json").exists()
+    assert (run / "zegformer.safetensors").is_file() and not (run / "zegformer_last.safetensors").exists()
     r0, r1 = (json.loads((tmp_path / f"zf_eval_rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == 2 and r0["metrics"] == r1["metrics"]
     # The sharded evaluation equals a single-process evaluation of the same checkpoint.
