@@ -22,8 +22,8 @@ from zeroseg.text import (
     parse_class_names,
     prompts,
     random_encoder,
-    unseen_random_spec,
     split_synonyms,
+    unseen_random_spec,
 )
 
 # ---------------------------------------------------------------------------------------------- word vectors
@@ -387,7 +387,7 @@ def test_get_encoder_errors_list_valid_forms():
     with pytest.raises(ZeroSegError, match="missing the part"):
         get_encoder("glove:")
     lines = list_encoders()
-    assert len(lines) == 8 and lines[0].startswith("glove-6b-50d ") and "offline default" in lines[0]
+    assert len(lines) == 9 and lines[0].startswith("glove-6b-50d ") and "offline default" in lines[0]
 
 
 def test_cosine_similarity_matrix_and_table():
