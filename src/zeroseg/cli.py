@@ -298,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--method",
         default="zs3net",
-        help="zs3net: ZS3Net + ZS5Net + control (default); zegformer: ZegFormer + control (zeroseg.demo.DEMOS)",
+        help="zs3net (default): ZS3Net + ZS5Net + both controls of ZS3Net; zs5net: also ZS5Net on both controls; "
+        "zs_mmd (or zs-mmd): ZS-MMD from the same seeds' ZS3Net runs; zegformer; all: every method, one comparison "
+        "report (zeroseg.demo.DEMOS)",
     )
     s.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to average over")
