@@ -82,10 +82,13 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
         img = Image.open(io.BytesIO(data))
         w, h = img.size
-        if w * h > max_pixels:
-            raise ZeroSegError(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} (resize it first)")
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ZeroSegError(f"not an image this server can read ({e.__class__.__name__})") from None
+    if w * h > max_pixels:
+        raise ZeroSegError(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} (resize it first)")
+    try:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ZeroSegError(f"not an image this server can read ({e.__class__.__name__})") from None
 
 
