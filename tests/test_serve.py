@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import shutil
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,11 +76,13 @@ def test_pixel_shares_by_hand():
 def test_app_answer_overlay_label_png_and_shares():
     app = SegmentApp(HalfPredictor(), {"ex": np.zeros((4, 6, 3), dtype=np.uint8)})
     out = app.answer({"example": "ex", "classes": "sky, grass, road"})
-    assert out["size"] == [6, 4] and dict(out["shares"]) == {"sky": 50.0, "grass": 50.0, "road": 0.0}
+    assert out["size"] == [6, 4] and {n: v for n, v, _ in out["shares"]} == {"sky": 50.0, "grass": 50.0, "road": 0.0}
+    # Colours are the overlay's: the VOC palette, index 0 black, 1 (128, 0, 0), 2 (0, 128, 0).
+    assert {n: c for n, _, c in out["shares"]} == {"sky": "#000000", "grass": "#800000", "road": "#008000"}
     label = np.asarray(Image.open(io.BytesIO(base64.b64decode(out["label"].split(",", 1)[1]))))
     assert label.tolist() == [[0, 0, 0, 1, 1, 1]] * 4
     overlay = Image.open(io.BytesIO(base64.b64decode(out["overlay"].split(",", 1)[1])))
-    assert overlay.width == 6 and overlay.height > 4  # the image, then the legend strip below it
+    assert overlay.size == (6, 4)
     assert app.predictor.class_names == ["sky", "grass", "road"]
     upload = "data:image/png;base64," + base64.b64encode(_png_bytes(8, 2)).decode()
     assert app.answer({"image": upload, "example": "ex", "classes": "a, b"})["size"] == [8, 2]  # upload wins
@@ -126,5 +132,132 @@ def test_http_page_is_offline_and_caps_uploads():
         ok = urllib.request.Request(url + "/predict", data=json.dumps({"example": "ex", "classes": "a,b"}).encode())
         assert json.loads(urllib.request.urlopen(ok).read())["size"] == [2, 2]
     finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ------------------------------------------------------------------------------------------ real browser
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class CDP:
+    """A minimal Chrome DevTools Protocol client over one page's websocket (events are kept in order)."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.next_id, self.events = 0, []
+
+    def send(self, method: str, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+            self.events.append(msg)
+
+    def js(self, expression: str):
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        return result["result"].get("value")
+
+    def wait(self, expression: str, timeout: float = 60.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            value = self.js(expression)
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {expression}")
+
+
+def _browser(tmp_path):
+    profile = tmp_path / "profile"
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
+         f"--user-data-dir={profile}", "--no-first-run", "--window-size=1100,1000", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    port_file = profile / "DevToolsActivePort"
+    end = time.monotonic() + 30
+    while not port_file.is_file() or not port_file.read_text().strip():
+        if time.monotonic() > end or proc.poll() is not None:
+            proc.kill()
+            pytest.skip("chromium did not start")
+        time.sleep(0.1)
+    port = int(port_file.read_text().split()[0])
+    pages = [t for t in json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list").read())
+             if t["type"] == "page"]  # fmt: skip
+    return proc, pages[0]["webSocketDebuggerUrl"]
+
+
+def _submit(cdp: CDP, classes: str) -> dict:
+    cdp.js(f"document.getElementById('classes').value = {json.dumps(classes)}; "
+           "document.getElementById('status').textContent = 'x'; "
+           "document.getElementById('run').click(); true")  # fmt: skip
+    cdp.wait("(s => s.startsWith('done') || document.getElementById('error').textContent)"
+             "(document.getElementById('status').textContent)")  # fmt: skip
+    return cdp.js(
+        "(() => { const o = document.getElementById('overlay'); return {src: o.src, w: o.naturalWidth, "
+        "h: o.naturalHeight, error: document.getElementById('error').textContent, "
+        "shares: document.getElementById('shares').rows.length, label: document.getElementById('download').href}})()"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_page_in_headless_chromium(tmp_path, tiny_config):
+    pytest.importorskip("websockets")
+    import os
+
+    from websockets.sync.client import connect
+
+    from zeroseg.cli import main
+    from zeroseg.serve import build_app
+
+    assert main(["train", str(tiny_config()), "--quiet"]) == 0
+    app = build_app(tmp_path / "runs" / "tiny")  # the run directory: its final stage is served
+    assert any(k.startswith("validation") for k in app.examples)
+    server, url = _serve(app)
+    stack = contextlib.ExitStack()
+    proc, ws_url = _browser(tmp_path)
+    try:
+        cdp = CDP(stack.enter_context(connect(ws_url, max_size=64 * 2**20)))
+        cdp.send("Network.enable")
+        cdp.send("Page.enable")
+        cdp.send("Page.navigate", url=url + "/")
+        cdp.wait("document.readyState === 'complete' && !!document.getElementById('run')")
+        first = sorted(app.examples)[0]
+        cdp.js(f"document.getElementById('example').value = {json.dumps(first)}; true")
+        h, w = app.examples[first].shape[:2]
+        a = _submit(cdp, ", ".join(app.predictor.class_names))
+        assert not a["error"] and a["w"] == w and a["h"] == h and a["label"].startswith("data:image/png")
+        assert a["shares"] == len(app.predictor.class_names)
+        shot = os.environ.get("ZEROSEG_SCREENSHOT")
+        if shot:
+            data = cdp.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+            Path(shot).write_bytes(base64.b64decode(data))
+        b = _submit(cdp, "red dotted, green checkered")
+        assert not b["error"] and b["w"] == w and b["src"] != a["src"] and b["shares"] == 2
+        # An upload through the file input, then bad input shown in the page.
+        image = tmp_path / "upload.png"
+        Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)).save(image)
+        node = cdp.send("DOM.querySelector", nodeId=cdp.send("DOM.getDocument")["root"]["nodeId"], selector="#file")
+        cdp.send("DOM.setFileInputFiles", files=[str(image)], nodeId=node["nodeId"])
+        c = _submit(cdp, "sky, grass")
+        assert not c["error"] and c["w"] == 30
+        assert "empty class list" in _submit(cdp, " , ")["error"]
+        not_image = tmp_path / "not_image.png"
+        not_image.write_text("plain text")
+        cdp.send("DOM.setFileInputFiles", files=[str(not_image)], nodeId=node["nodeId"])
+        assert "not an image" in _submit(cdp, "sky")["error"]
+        sent = [e for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]
+        requested = [e["params"]["request"]["url"] for e in sent]
+        assert requested and all(u.startswith((url, "data:")) for u in requested), requested
+    finally:
+        stack.close()
+        proc.kill()
+        proc.wait()
         server.shutdown()
         server.server_close()

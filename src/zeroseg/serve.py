@@ -44,13 +44,13 @@ class Prediction:
     Attributes:
         overlay_png: the image with the colour label map blended over it and a legend (PNG bytes).
         label_png: the ``(H, W)`` label map, pixel value = index into ``classes`` (palette PNG bytes).
-        shares: ``(class name, percent of the image's pixels)`` for every class, largest first.
+        shares: ``(class name, percent of the image's pixels, colour)`` for every class, largest first.
         size: ``(width, height)`` of the image.
     """
 
     overlay_png: bytes
     label_png: bytes
-    shares: list[tuple[str, float]]
+    shares: list[tuple[str, float, str]]
     size: tuple[int, int]
 
 
@@ -113,27 +113,19 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def render_overlay(image: np.ndarray, label: np.ndarray, classes: Sequence[str]) -> bytes:
-    """The overlay PNG: the image with the colour map blended in, and a legend strip of the classes present."""
-    from PIL import ImageDraw
-
-    from zeroseg.data.classes import palette
+def render_overlay(image: np.ndarray, label: np.ndarray) -> bytes:
+    """The overlay PNG: the image, of its own size, with the colour label map blended in (the page's share table
+    is the legend: it shows each class's colour)."""
     from zeroseg.visualize import overlay
 
-    blended = Image.fromarray(overlay(image, label))
-    present = [int(c) for c in np.unique(label) if c < len(classes)]
-    colours = palette(256)
-    row_h, w = 16, blended.width
-    legend = Image.new("RGB", (w, row_h * max(len(present), 1) + 4), (255, 255, 255))
-    draw = ImageDraw.Draw(legend)
-    for k, c in enumerate(present):
-        y = 2 + k * row_h
-        draw.rectangle((4, y + 2, 16, y + 13), fill=tuple(int(v) for v in colours[c]))
-        draw.text((22, y + 2), classes[c], fill=(0, 0, 0))
-    out = Image.new("RGB", (w, blended.height + legend.height), (255, 255, 255))
-    out.paste(blended, (0, 0))
-    out.paste(legend, (0, blended.height))
-    return _png(out)
+    return _png(Image.fromarray(overlay(image, label)))
+
+
+def class_colours(num_classes: int) -> list[str]:
+    """The overlay's colour of each class index, as ``#rrggbb``."""
+    from zeroseg.data.classes import palette
+
+    return ["#" + "".join(f"{int(v):02x}" for v in c) for c in palette(256)[:num_classes]]
 
 
 def label_png(label: np.ndarray) -> bytes:
@@ -190,7 +182,9 @@ class SegmentApp:
                 self.predictor.set_classes(classes)
             labels, _ = self.predictor.predict(to_tensor(image))
         label = labels[0].cpu().numpy().astype(np.int64)
-        return Prediction(render_overlay(image, label, classes), label_png(label), pixel_shares(label, classes), (w, h))
+        colour = dict(zip(classes, class_colours(len(classes)), strict=True))
+        shares = [(n, v, colour[n]) for n, v in pixel_shares(label, classes)]
+        return Prediction(render_overlay(image, label), label_png(label), shares, (w, h))
 
     def answer(self, body: dict) -> dict:
         """The JSON answer to a ``/predict`` request ``{"image": base64 or "", "example": name, "classes": text}``:
@@ -209,7 +203,7 @@ class SegmentApp:
         return {
             "overlay": url + base64.b64encode(p.overlay_png).decode(),
             "label": url + base64.b64encode(p.label_png).decode(),
-            "shares": [[n, round(v, 2)] for n, v in p.shares],
+            "shares": [[n, round(v, 2), c] for n, v, c in p.shares],
             "size": list(p.size),
         }
 
@@ -232,7 +226,8 @@ body{font-family:sans-serif;max-width:1000px;margin:1.5em auto;padding:0 1em;col
 label{display:block;margin:.6em 0 .2em;font-weight:bold}input[type=text]{width:100%;padding:4px}
 #error{color:#b00020;font-weight:bold;margin:.8em 0}.row{display:flex;gap:1.5em;flex-wrap:wrap}
 table{border-collapse:collapse}td{border:1px solid #ccc;padding:2px 8px}td:last-child{text-align:right}
-button{margin-top:.8em;padding:.4em 1.2em}
+button{margin-top:.8em;padding:.4em 1.2em}.sw{display:inline-block;width:14px;height:14px}
+#overlay{width:384px;image-rendering:pixelated;border:1px solid #ccc}
 </style></head><body>
 <h1>zeroseg: zero-shot segmentation</h1>
 <form id="form">
@@ -244,7 +239,7 @@ button{margin-top:.8em;padding:.4em 1.2em}
 <div id="error"></div><div id="status"></div>
 <div class="row"><div><h3>Overlay</h3><img id="overlay" alt="overlay">
 <p><a id="download" download="labels.png" href="#">download the label PNG</a> (pixel value = class index)</p></div>
-<div><h3>Pixel shares</h3><table id="shares"></table></div></div>
+<div><h3>Pixel shares (legend)</h3><table id="shares"></table></div></div>
 <script>
 const $ = (id) => document.getElementById(id);
 function readFile(f) {
@@ -263,10 +258,11 @@ $("form").addEventListener("submit", async (ev) => {
     if (out.error) { $("error").textContent = out.error; return; }
     $("overlay").src = out.overlay; $("download").href = out.label;
     $("shares").innerHTML = "";
-    for (const [name, pct] of out.shares) {
-      const tr = document.createElement("tr"); const a = document.createElement("td");
-      const b = document.createElement("td"); a.textContent = name; b.textContent = pct.toFixed(1) + " %";
-      tr.append(a, b); $("shares").append(tr);
+    for (const [name, pct, colour] of out.shares) {
+      const tr = document.createElement("tr"); const c = document.createElement("td");
+      const a = document.createElement("td"); const b = document.createElement("td");
+      c.innerHTML = '<span class="sw"></span>'; c.firstChild.style.background = colour;
+      a.textContent = name; b.textContent = pct.toFixed(1) + " %"; tr.append(c, a, b); $("shares").append(tr);
     }
     $("status").textContent = "done: " + out.size[0] + "x" + out.size[1] + " px";
   } catch (e) { $("status").textContent = ""; $("error").textContent = "request failed: " + e; }
