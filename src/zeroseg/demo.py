@@ -4,13 +4,15 @@ Per seed, on the synthetic benchmark (generated on first use):
 
 - ``--method zs3net`` (default, README command 1): ZS3Net with GloVe class-name embeddings (its segmenter stage
   doubles as the *seen-only baseline*), ZS5Net self-training on top of it (transductive), and the two controls of
-  ZS3Net, which share the seed's segmenter checkpoint (stage 1 never reads embeddings) and retrain only the
-  generator and classifier:
+  ZS3Net, which share the seed's segmenter checkpoint (stage 1 never reads embeddings):
 
-  - the **all-random control** (``random:50:<seed>``): every class name replaced by a random unit vector;
+  - the **all-random control** (``random:50:<seed>``): every class name replaced by a random unit vector
+    (generator and classifier retrained);
   - the **unseen-only control** (``unseen-random:<seed>:<unseen names>:glove-6b-50d``): seen classes keep their
     GloVe embeddings, only the unseen names get random vectors of the same dimension and norm. The seen pipeline
-    is the real one, so the gap between ZS3Net and this control is transfer through the unseen names alone.
+    is the real one, so the gap between ZS3Net and this control is transfer through the unseen names alone. Under
+    the strict protocol the generator reads only seen embeddings, so this control also shares the real run's
+    generator checkpoint (bit-identical to retraining it) and trains only the classifier.
 - ``--method zs5net``: the same runs plus ZS5Net self-training on top of each control's classifier.
 - ``--method zs_mmd`` (or ``zs-mmd``): the ZS3Net runs of the same seeds (reused when ``OUT`` already holds them,
   trained otherwise), then the ZS-MMD recursion on ZS3Net and on each control, starting from copies of their
@@ -277,7 +279,12 @@ def _zs3net_rows(out: Path, seed: int, quick: bool, progress: bool, *, zs5net_co
     ]  # fmt: skip
     for key in CONTROLS:
         ctrl = demo_config(out, seed, quick=quick, control=key)
-        _seed_from(run, ctrl, ("segmenter",))
+        # Under the strict protocol the generator reads only seen classes' embeddings, which the unseen-only
+        # control keeps: its generator stage would recompute the real run's bit for bit, so it is copied too.
+        shared = (
+            ("segmenter", "generator") if key == "unseen" and ctrl.classifier.protocol == "strict" else ("segmenter",)
+        )
+        _seed_from(run, ctrl, shared)
         cres = _train(ctrl, progress)
         rows.append(_row(control_name("ZS3Net", key), seed, cres.stages["classifier"], cres.wall_s,
                          model="ZS3Net", variant=key, run=ctrl.run_dir, stage="classifier"))  # fmt: skip
@@ -663,15 +670,18 @@ def _figures(out: Path, seed: int, quick: bool, demo: Demo, runs: list[dict]) ->
     counts = [np.zeros((c, c), dtype=np.int64) for _ in models]
     unseen = np.array(data.unseen_ids)
     rows = []
-    for i in range(len(data.val)):
-        image, label, _ = data.val[i]
-        lab = label.numpy()
-        preds = [m.predict(image[None])[0][0].numpy() for m in models]
-        valid = lab != 255
+    batch = 32
+    for start in range(0, len(data.val), batch):
+        items = [data.val[i] for i in range(start, min(start + batch, len(data.val)))]
+        images = torch.stack([it[0] for it in items])
+        labels = torch.stack([it[1] for it in items]).numpy()
+        preds = [m.predict(images)[0].numpy() for m in models]
+        valid = labels != 255
         for k, p in enumerate(preds):
-            counts[k] += np.bincount(lab[valid] * c + p[valid], minlength=c * c).reshape(c, c)
-        if len(rows) < 4 and np.isin(lab, unseen).any():
-            rows.append((denormalize(image.numpy()), [lab, *preds]))
+            counts[k] += np.bincount(labels[valid] * c + p[valid], minlength=c * c).reshape(c, c)
+        for j, lab in enumerate(labels):
+            if len(rows) < 4 and np.isin(lab, unseen).any():
+                rows.append((denormalize(images[j].numpy()), [lab, *(p[j] for p in preds)]))
     save_confusions([(t, m) for (t, _), m in zip(named, counts, strict=True)], data.class_names, data.unseen_ids,
                     out / "confusion.png")  # fmt: skip
     figures["confusion.png"] = "Confusion matrices"
