@@ -10,16 +10,24 @@ from zeroseg.demo import run_demo, summarize
 def test_quick_demo_writes_report(tmp_path: Path) -> None:
     report = run_demo(out=tmp_path, seeds=[0], quick=True, progress=False)
     runs = json.loads((tmp_path / "report.json").read_text())
+    # The existing runs first, in their order; the unseen-only control after them.
     assert [r["name"] for r in runs][1:] == [
         "ZS3Net (GloVe)",
         "ZS5Net (GloVe, transductive self-training)",
         "CONTROL: ZS3Net with random class embeddings",
+        "CONTROL: ZS3Net with random unseen-class embeddings (seen GloVe kept)",
     ]
     for r in runs:
-        assert set(r) == {"name", "seed", "seen_miou", "unseen_miou", "hiou", "wall_s"}
-        assert 0 <= r["unseen_miou"] <= 100 and r["wall_s"] > 0
+        assert {"name", "seed", "seen_miou", "unseen_miou", "hiou", "wall_s", "model", "variant"} <= set(r)
+        assert 0 <= r["unseen_miou"] <= 100 and r["wall_s"] > 0 and r["per_class"]
     text = report.read_text()
-    assert "CONTROL" in text and "--quick" in text and (tmp_path / "panel.png").is_file()
+    assert "CONTROL" in text and "--quick" in text and "zeroseg demo --method zs3net" in text
+    for png in ("panel.png", "iou_bars.png", "confusion.png", "curves.png"):
+        assert (tmp_path / png).is_file() and f"({png})" in text
+    page = (tmp_path / "report.html").read_text()
+    assert '<img src="confusion.png"' in page and "http" not in page
+    losses = json.loads((tmp_path / "runs" / "zs3net_seed0" / "losses.json").read_text())
+    assert set(losses) == {"segmenter", "generator", "classifier", "selftrain"}
 
 
 def test_summarize_mean_and_std() -> None:
@@ -40,7 +48,11 @@ def test_quick_zegformer_demo_via_cli(tmp_path: Path) -> None:
 
     assert main(["demo", "--method", "zegformer", "--quick", "--seeds", "0", "--out", str(tmp_path), "--quiet"]) == 0
     runs = json.loads((tmp_path / "report.json").read_text())
-    assert [r["name"] for r in runs] == ["ZegFormer (GloVe)", "CONTROL: ZegFormer with random class embeddings"]
+    assert [r["name"] for r in runs] == [
+        "ZegFormer (GloVe)",
+        "CONTROL: ZegFormer with random class embeddings",
+        "CONTROL: ZegFormer with random unseen-class embeddings (seen GloVe kept)",
+    ]
     text = (tmp_path / "report.md").read_text()
     assert "ZegFormer on the embedded benchmark" in text and "inductive" in text
     assert (tmp_path / "panel.png").is_file()
@@ -137,6 +149,15 @@ def test_demo_configs_resolve_to_the_measured_values(tmp_path: Path) -> None:
     zf_ctrl = demo_config(tmp_path, 2, quick=False, control=True, method="zegformer")
     expected_zf_ctrl = {**ZEGFORMER_DEMO, **run("zegformer_control_seed2", 2), "text.encoder": "random:50:2"}
     assert to_dict(zf_ctrl) == _defaults_with(expected_zf_ctrl)
+    unseen = demo_config(tmp_path, 1, quick=False, control="unseen")
+    spec = "unseen-random:1:red dotted,green checkered,blue striped,yellow checkered:glove-6b-50d"
+    assert to_dict(unseen) == _defaults_with(
+        {**ZS3NET_DEMO, **run("control_unseen_seed1", 1), "text.encoder": spec, "selftrain.enabled": False}
+    )
+    zs5 = demo_config(tmp_path, 1, quick=False, control="unseen", zs5net=True)
+    assert zs5.name == "control_unseen_zs5net_seed1" and zs5.selftrain.enabled and zs5.text.encoder == spec
+    mmd = demo_config(tmp_path, 2, quick=False, control="random", method="zs_mmd")
+    assert mmd.name == "zs_mmd_control_seed2" and mmd.text.encoder == "random:50:2" and mmd.zs_mmd.rounds == 3
     quick = demo_config(tmp_path, 0, quick=True, method="zegformer")
     assert quick.zegformer.iters == 4 and quick.data.synthetic.num_train == 64
     assert quick.data.root == str(tmp_path / "synthetic_quick")
@@ -147,4 +168,54 @@ def test_unknown_demo_method_is_a_one_line_error(tmp_path, capsys):
 
     assert main(["demo", "--method", "nope", "--out", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["zeroseg: error: demo method 'nope' is not available; choose from zs3net, zegformer"]
+    assert err == [
+        "zeroseg: error: demo method 'nope' is not available; choose from zs3net, zs5net, zs_mmd, zegformer, all"
+    ]
+
+
+def test_demo_names_accept_zs_mmd_spellings():
+    from zeroseg.demo import get_demo
+
+    assert get_demo("zs-mmd") is get_demo("zs_mmd") and get_demo("zs_mmd").families == ("zs3net", "zs_mmd")
+
+
+def test_parse_epoch_losses_from_log_lines():
+    from zeroseg.demo import parse_epoch_losses
+
+    lines = [
+        "[segmenter] epoch 1/2 loss 2.5000",
+        "[segmenter] seen mIoU 2.7  unseen mIoU 0.0  hIoU 0.0",
+        "[generator] epoch 1/1 mmd 1.25",
+        "[segmenter] epoch 2/2 loss 1.5",
+        "[zs-mmd generator] epoch 1/2 loss 0.5",
+    ]
+    assert parse_epoch_losses(lines) == {"segmenter": [2.5, 1.5], "generator": [1.25], "zs-mmd generator": [0.5]}
+
+
+def test_transfer_rows_gap_and_goal_by_hand():
+    from zeroseg.demo import transfer_rows
+
+    def r(model, variant, seed, unseen):
+        return {"model": model, "variant": variant, "seed": seed, "unseen_miou": unseen}
+
+    runs = [
+        r("M", "real", 0, 30.0), r("M", "random", 0, 2.0), r("M", "unseen", 0, 10.0),
+        r("M", "real", 1, 20.0), r("M", "random", 1, 4.0), r("M", "unseen", 1, 4.0),
+        r("N", "real", 0, 12.0), r("N", "unseen", 0, 4.0),
+    ]  # fmt: skip
+    m, n = transfer_rows(runs)
+    # M: real 25 +- 5, unseen-only 7 +- 3, per-seed gaps 20 and 16 -> 18 +- 2; 25 >= 14 and 18 >= 10: met.
+    assert (m["real"], m["real_std"], m["unseen"], m["unseen_std"]) == (25.0, 5.0, 7.0, 3.0)
+    assert (m["gap"], m["gap_std"], m["random"], m["goal"]) == (18.0, 2.0, 3.0, True)
+    # N: 12 >= 2 x 4 but only +8 points: not met; no all-random run.
+    assert n["gap"] == 8.0 and n["random"] is None and n["goal"] is False
+
+
+def test_html_report_is_self_contained():
+    from zeroseg.demo import render_html, render_markdown
+
+    blocks = [("h1", "T"), ("p", "a **b** `c <d>`"), ("table", ["x", "y"], [["1", "2"]]), ("img", "f.png", "cap")]
+    page = render_html(blocks, "t")
+    assert "<b>b</b>" in page and "<code>c &lt;d&gt;</code>" in page and '<img src="f.png"' in page
+    assert "<script" not in page and "http" not in page and "<td>1</td><td>2</td>" in page
+    assert "| x | y |\n|---|---|\n| 1 | 2 |" in render_markdown(blocks) and "![cap](f.png)" in render_markdown(blocks)

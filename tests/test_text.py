@@ -23,6 +23,7 @@ from zeroseg.text import (
     prompts,
     random_encoder,
     split_synonyms,
+    unseen_random_spec,
 )
 
 # ---------------------------------------------------------------------------------------------- word vectors
@@ -386,7 +387,7 @@ def test_get_encoder_errors_list_valid_forms():
     with pytest.raises(ZeroSegError, match="missing the part"):
         get_encoder("glove:")
     lines = list_encoders()
-    assert len(lines) == 8 and lines[0].startswith("glove-6b-50d ") and "offline default" in lines[0]
+    assert len(lines) == 9 and lines[0].startswith("glove-6b-50d ") and "offline default" in lines[0]
 
 
 def test_cosine_similarity_matrix_and_table():
@@ -397,3 +398,44 @@ def test_cosine_similarity_matrix_and_table():
     assert table == "      a   bb\na  1.00 0.50\nbb 0.50 1.00"
     with pytest.raises(ZeroSegError, match="does not match"):
         format_similarity(["a"], torch.eye(2))
+
+
+# ------------------------------------------------------------------------------------------ unseen-only control
+
+
+def test_unseen_random_keeps_seen_rows_and_randomises_only_unseen(w2v_txt):
+    spec = f"unseen-random:5:pottedplant,sofa:word2vec:{w2v_txt}"
+    emb = class_embeddings(spec, ["cat", "pottedplant", "sofa"])
+    assert emb.shape == (3, 3)
+    # Seen "cat": its real word vector (1, 1, 0) / sqrt(2), untouched.
+    torch.testing.assert_close(emb[0], torch.tensor([1 / S2, 1 / S2, 0.0]))
+    # Unseen rows: exactly the all-random control's vectors of the same names (same seed, base dimension 3) ...
+    torch.testing.assert_close(emb[1:], random_encoder(3, 5).embed(["potted plant", "sofa"]), atol=1e-6, rtol=0)
+    # ... of the real rows' norm (1), and no longer the real "potted plant" = (1, 2, 0) / sqrt(5) or "sofa" = e_x.
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+    assert (emb[1] - torch.tensor([1 / S5, 2 / S5, 0.0])).abs().max() > 1e-3
+    assert (emb[2] - torch.tensor([1.0, 0.0, 0.0])).abs().max() > 1e-3
+
+
+def test_unseen_random_matches_names_in_any_spelling_and_other_seeds_differ(w2v_txt):
+    enc = get_encoder(f"unseen-random:1:Potted_Plant:word2vec:{w2v_txt}")
+    assert enc.dim == 3 and enc.is_unseen("potted plant") and enc.is_unseen("pottedplant") and not enc.is_unseen("cat")
+    a = enc.embed(["potted-plant"])[0]
+    torch.testing.assert_close(a, random_encoder(3, 1).embed(["potted plant"])[0], atol=1e-6, rtol=0)
+    b = get_encoder(f"unseen-random:2:Potted_Plant:word2vec:{w2v_txt}").embed(["potted-plant"])[0]
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_unseen_random_spec_builder_and_errors(w2v_txt):
+    spec = unseen_random_spec(f"word2vec:{w2v_txt}", ("sofa", "cat"), seed=3)
+    assert spec == f"unseen-random:3:sofa,cat:word2vec:{w2v_txt}"
+    assert get_encoder(spec).unseen == ("sofa", "cat")
+    with pytest.raises(ZeroSegError, match="contains ','"):
+        unseen_random_spec("glove-6b-50d", ["a,b"])
+    with pytest.raises(ZeroSegError, match="no unseen class"):
+        unseen_random_spec("glove-6b-50d", [])
+    for bad in ("unseen-random:0:cat", "unseen-random:0::random:4", "unseen-random:x:cat:random:4"):
+        with pytest.raises(ZeroSegError):
+            get_encoder(bad)
+    with pytest.raises(ZeroSegError, match="cannot be unseen-random"):
+        get_encoder("unseen-random:0:cat:unseen-random:0:cat:random:4")

@@ -208,6 +208,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from zeroseg.serve import build_app, make_server
+
+    app = build_app(args.checkpoint, device=args.device, max_pixels=args.max_pixels)
+    server = make_server(app, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20))
+    host, port = server.server_address[:2]
+    print(f"serving {args.checkpoint} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_weights_import(args: argparse.Namespace) -> int:
     if args.method == "zs3net":
         from zeroseg.weights.zs3 import import_zs3net
@@ -302,13 +318,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--method",
         default="zs3net",
-        help="zs3net: ZS3Net + ZS5Net + control (default); zegformer: ZegFormer + control (zeroseg.demo.DEMOS)",
+        help="zs3net (default): ZS3Net + ZS5Net + both controls of ZS3Net; zs5net: also ZS5Net on both controls; "
+        "zs_mmd (or zs-mmd): ZS-MMD from the same seeds' ZS3Net runs; zegformer; all: every method, one comparison "
+        "report (zeroseg.demo.DEMOS)",
     )
     s.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to average over")
     s.add_argument("--quick", action="store_true", help="a much shorter schedule (smoke test, not a result)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("serve", help="a local web page: upload an image, type class names, get the segmentation")
+    s.add_argument("--checkpoint", required=True, help="final checkpoint or run dir, e.g. demo_out/runs/zs3net_seed0")
+    s.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 = any free port)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--max-upload-mb", type=float, default=8.0, help="largest upload accepted (default 8 MB)")
+    s.add_argument("--max-pixels", type=int, default=1024 * 1024, help="largest image accepted (default 1024x1024)")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("train", help="run every stage of an experiment config (resumes after a kill)")
     s.add_argument("config", help="packaged config name (voc_zs3net, ...; see configs/) or YAML experiment file")

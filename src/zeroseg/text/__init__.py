@@ -5,7 +5,7 @@
 ``"potted plant"``), the one entry point the methods use.
 Specs: ``glove-6b-50d`` (offline default), ``minilm``, ``word2vec:<path>``, ``glove:<path>``,
 ``fasttext:<path>``, ``sentence-transformers:<dir>``, ``clip:<model>:<checkpoint>``,
-``random:<dim>[:<seed>]``.
+``random:<dim>[:<seed>]``, ``unseen-random:<seed>:<unseen names>:<base spec>`` (the sharper control).
 Synonyms are written ``"tvmonitor|television|monitor"``; words may be separated by spaces, ``-`` or ``_``.
 
 Layout: :mod:`zeroseg.text.base` (``TextEncoder``, name parsing, similarity helpers), one module per provider,
@@ -34,7 +34,7 @@ from zeroseg.text.base import (
     split_words,
 )
 from zeroseg.text.clip import load_clip_encoder, parse_clip_spec
-from zeroseg.text.random_vectors import RandomEncoder, random_encoder
+from zeroseg.text.random_vectors import RandomEncoder, UnseenRandomEncoder, random_encoder, unseen_random_spec
 from zeroseg.text.sentence import load_sentence_encoder, minilm_encoder
 from zeroseg.text.word_vectors import glove_6b_50d_encoder, word_vector_encoder
 
@@ -43,6 +43,7 @@ __all__ = [
     "SYNONYM_SEPARATOR",
     "RandomEncoder",
     "TextEncoder",
+    "UnseenRandomEncoder",
     "class_embeddings",
     "cosine_similarity_matrix",
     "format_similarity",
@@ -53,6 +54,7 @@ __all__ = [
     "random_encoder",
     "split_synonyms",
     "split_words",
+    "unseen_random_spec",
 ]
 
 DEFAULT_ENCODER = "glove-6b-50d"
@@ -66,6 +68,10 @@ _ENCODER_FORMS: tuple[tuple[str, str], ...] = (
     ("sentence-transformers:<dir>", "any sentence-transformers model saved in a local directory"),
     ("clip:<model>:<checkpoint>", "open_clip text tower: built-in name or config .json + local weights"),
     ("random:<dim>[:<seed>]", "deterministic random unit vector per class name (control, no semantics)"),
+    (
+        "unseen-random:<seed>:<names>:<spec>",
+        "<spec>'s embeddings, random vectors for the comma-separated unseen <names> (sharper control)",
+    ),
 )
 
 
@@ -104,12 +110,12 @@ def get_encoder(spec: str = DEFAULT_ENCODER, **options: Any) -> TextEncoder:
         spec: one of the forms listed by :func:`list_encoders`, e.g. ``"glove-6b-50d"``, ``"minilm"``,
             ``"word2vec:vectors.bin"``, ``"glove:glove.6B.300d.txt"``, ``"fasttext:wiki.en.vec"``,
             ``"sentence-transformers:/models/mpnet"``, ``"clip:ViT-B-16:/ckpt/vitb16.safetensors"``,
-            ``"random:300:0"``.
+            ``"random:300:0"``, ``"unseen-random:0:cow,sofa:glove-6b-50d"``.
         **options: encoder-specific options; ``None`` values are ignored.
             ``minilm`` / ``sentence-transformers``: ``template`` (one prompt with ``{}``), ``device``;
             ``sentence-transformers`` also ``sha256`` (expected model.safetensors digest).
             ``clip``: ``templates`` (set name from :mod:`zeroseg.text.prompts` or list; default
-            ``"imagenet_select"``), ``device``, ``batch_size``.
+            ``"imagenet_select"``), ``device``, ``batch_size``. ``unseen-random`` passes them to its base.
 
     Returns:
         The encoder; its weights are loaded (and cached in-process where that is costly).
@@ -142,6 +148,14 @@ def get_encoder(spec: str = DEFAULT_ENCODER, **options: Any) -> TextEncoder:
         opts = _check_options(spec, options, ("templates", "device", "batch_size"))
         clip_spec = parse_clip_spec(spec)
         return load_clip_encoder(clip_spec.model, clip_spec.checkpoint, **opts)
+    if kind == "unseen-random":
+        parts = rest.split(":", 2)
+        if len(parts) != 3 or not parts[1].strip() or not parts[2].strip():
+            raise ZeroSegError(f"encoder spec {spec!r}: expected unseen-random:<seed>:<unseen names>:<base spec>")
+        seed = _parse_int(spec, parts[0], "seed")
+        if parts[2].strip().startswith("unseen-random:"):
+            raise ZeroSegError(f"encoder spec {spec!r}: the base of unseen-random cannot be unseen-random")
+        return UnseenRandomEncoder(get_encoder(parts[2], **options), parts[1].split(","), seed)
     if kind == "random":
         _check_options(spec, options, ())
         parts = rest.split(":")
@@ -187,7 +201,8 @@ def class_embeddings(
     """
     if style not in CLASS_NAME_STYLES:
         raise ZeroSegError(f"unknown class-name style {style!r}; choose one of {', '.join(CLASS_NAME_STYLES)}")
-    options = {"templates": templates} if templates is not None and encoder_spec.startswith("clip:") else {}
+    base_spec = encoder_spec.split(":", 3)[-1] if encoder_spec.startswith("unseen-random:") else encoder_spec
+    options = {"templates": templates} if templates is not None and base_spec.startswith("clip:") else {}
     encoder = get_encoder(encoder_spec, **options)
     if style == "verbatim":
         emb = encoder.embed([official_prompt_name(n) for n in names], verbatim=True).float()

@@ -1,13 +1,16 @@
-"""The random control encoder (``random:<dim>[:<seed>]``): one deterministic unit vector per class name."""
+"""The control encoders: ``random:<dim>[:<seed>]`` (one deterministic random unit vector per class name) and
+``unseen-random:<seed>:<unseen names>:<base spec>`` (real embeddings, random ones for the unseen names only)."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import torch
 
+from zeroseg.data.classes import natural_name
 from zeroseg.errors import ZeroSegError
-from zeroseg.text.base import SYNONYM_SEPARATOR, TextEncoder
+from zeroseg.text.base import SYNONYM_SEPARATOR, TextEncoder, split_synonyms
 
 
 class RandomEncoder(TextEncoder):
@@ -39,3 +42,75 @@ class RandomEncoder(TextEncoder):
 def random_encoder(dim: int, seed: int = 0) -> RandomEncoder:
     """Returns the random control encoder, same as ``get_encoder(f"random:{dim}:{seed}")``."""
     return RandomEncoder(dim, seed)
+
+
+def _name_key(name: str) -> tuple[str, ...]:
+    """The spelling-independent key of a class name: its lower-cased canonical synonyms (dataset spelling too)."""
+    return tuple(s.lower() for s in split_synonyms(natural_name(name)))
+
+
+class UnseenRandomEncoder(TextEncoder):
+    """The sharper control: a real encoder whose *unseen* class names get random vectors, every other name its
+    real embedding (``unseen-random:<seed>:<unseen names>:<base spec>``).
+
+    Seen classes keep the embeddings the real run trains on, so the seen pipeline is the real one and the gap
+    between the real run and this control is transfer through the unseen names alone. An unseen row is the
+    deterministic random direction of :class:`RandomEncoder` (same seed, the base's dimension; so the unseen
+    vectors equal those of the all-random control ``random:<dim>:<seed>``) scaled to the norm of the real row it
+    replaces: same dimension, same norm (every encoder returns unit rows, so the norm is 1).
+
+    Which names are unseen is data, given by whoever builds the spec (the split: :func:`unseen_random_spec`);
+    a name matches whatever its spelling (``"pottedplant"`` = ``"potted plant"`` = ``"Potted_Plant"``).
+    """
+
+    def __init__(self, base: TextEncoder, unseen: Sequence[str], seed: int = 0) -> None:
+        names = [n for n in unseen if isinstance(n, str) and split_synonyms(n)]
+        if not names or len(names) != len(list(unseen)):
+            raise ZeroSegError(f"unseen-random encoder: needs a non-empty list of unseen class names, got {unseen!r}")
+        self.base = base
+        self.unseen = tuple(names)
+        self.random = RandomEncoder(base.dim, seed)
+        self.dim = base.dim
+        self.seed = seed
+        self.name = f"unseen-random:{seed}:{','.join(self.unseen)}:{base.name}"
+        self._keys = {_name_key(n) for n in self.unseen}
+
+    def is_unseen(self, name: str) -> bool:
+        """Whether ``name`` (any spelling) is one of the unseen names that get a random vector."""
+        return _name_key(name) in self._keys
+
+    def embed(self, class_names: Sequence[str], *, verbatim: bool = False) -> torch.Tensor:
+        """The base encoder's ``(C, D)`` unit rows, with the rows of unseen names replaced (see the class doc)."""
+        emb = self.base.embed(class_names, verbatim=verbatim).clone()
+        for i, name in enumerate(class_names):
+            if self.is_unseen(name):
+                direction = self.random._vector(SYNONYM_SEPARATOR.join(split_synonyms(name))).float()
+                emb[i] = direction / direction.norm() * emb[i].norm()
+        return emb
+
+    def _embed_parsed(self, synonyms: list[list[str]]) -> torch.Tensor:
+        # embed() is overridden (it must see the names before parsing); kept for the abstract interface.
+        return self.embed([SYNONYM_SEPARATOR.join(s) for s in synonyms])
+
+
+def unseen_random_spec(base_spec: str, unseen: Sequence[str], seed: int = 0) -> str:
+    """The encoder spec of the sharper control: ``base_spec`` with the ``unseen`` names random.
+
+    Args:
+        base_spec: the real run's encoder spec, e.g. ``"glove-6b-50d"``.
+        unseen: the split's unseen class names (dataset spelling is fine), e.g. ``Split.unseen``.
+        seed: the random vectors' seed.
+
+    Returns:
+        ``"unseen-random:<seed>:<name>,<name>,...:<base_spec>"``.
+
+    Raises:
+        ZeroSegError: no unseen name, or a name holding ``,`` or ``:`` (the spec's separators).
+    """
+    names = list(unseen)
+    if not names:
+        raise ZeroSegError("unseen-random spec: the split has no unseen class")
+    bad = [n for n in names if "," in n or ":" in n]
+    if bad:
+        raise ZeroSegError(f"unseen-random spec: class name {bad[0]!r} contains ',' or ':'")
+    return f"unseen-random:{seed}:{','.join(names)}:{base_spec}"
