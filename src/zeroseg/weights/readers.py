@@ -16,7 +16,6 @@ single-line :class:`~zeroseg.errors.ZeroSegError` that lists the offending keys.
 from __future__ import annotations
 
 import hashlib
-import io
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zeroseg import safe_pickle
 from zeroseg.errors import ZeroSegError
 
 #: How many keys an error message lists before "... and N more".
@@ -73,45 +73,6 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise ZeroSegError(f"{p}: cannot read safetensors ({_reason(e)})") from None
 
 
-# numpy's own array, scalar and dtype rebuilders and the plain containers: all a weights pickle needs.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    # Protocol-2 pickles (Python-2 compatible) spell byte strings as _codecs.encode(text, "latin1").
-    ("_codecs", "encode"),
-}
-
-
-def _allowed_global(module: str, name: str) -> Any:
-    if module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        core = getattr(np, "_core", None) or np.core
-        return getattr(core.multiarray, name)
-    if module == "collections":
-        return dict
-    if module == "_codecs":
-        import codecs
-
-        return codecs.encode
-    return getattr(np, name)
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Admits numpy arrays and scalars, dicts, lists, tuples, numbers and strings; refuses every other global."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-        return _allowed_global(module, name)
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent references are not allowed")
-
-
 def read_array_pickle(path: str | Path) -> Any:
     """Unpickle a file of numpy arrays in plain containers (detectron2 ``.pkl``, ZS3's embedding ``.pkl``).
 
@@ -126,8 +87,7 @@ def read_array_pickle(path: str | Path) -> Any:
     if not p.is_file():
         raise ZeroSegError(f"{p}: file not found")
     try:
-        with open(p, "rb") as f:
-            return _ArrayUnpickler(io.BufferedReader(f), encoding="latin1").load()
+        return safe_pickle.loads(p.read_bytes())
     except pickle.UnpicklingError as e:
         raise ZeroSegError(f"{p}: refused, the pickle holds more than arrays and plain containers ({e})") from None
     except Exception as e:

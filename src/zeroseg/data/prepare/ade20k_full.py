@@ -20,7 +20,6 @@ Output (``--out``, dataset ``ade20k-847``): ``ADE20K_2021_17_01/images_detectron
 
 from __future__ import annotations
 
-import io
 import pickle
 from functools import partial
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from zeroseg import safe_pickle
 from zeroseg.data import ade20k_full as reader
 from zeroseg.data.classes import ADE847_CLASSES, ADE847_RAW_IDS
 from zeroseg.data.io import _DECODE_ERRORS, IGNORE_WIDE, _short, load_image
@@ -39,28 +39,6 @@ RELEASE = "ADE20K_2021_17_01"
 MAX_SIZE = 512
 # Largest class-mask value: R // 10 <= 25 for uint8 R.
 _MASK_RANGE = (255 // 10) * 256 + 256
-
-#: The globals a release index may name: numpy's array/dtype/scalar reconstructors (old and new module paths).
-_ALLOWED_GLOBALS = frozenset(
-    {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-)
-
-
-class _IndexUnpickler(pickle.Unpickler):
-    """Unpickles plain containers, strings and numbers, and numpy arrays -- nothing that can run code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in an ADE20K index")
-
 
 def load_index(path: Path) -> dict[str, Any]:
     """Read ``index_ade20k.pkl`` with a restricted unpickler (never plain ``pickle.load``).
@@ -74,7 +52,7 @@ def load_index(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ZeroSegError(f"{path}: ADE20K index not found")
     try:
-        index = _IndexUnpickler(io.BytesIO(path.read_bytes())).load()
+        index = safe_pickle.loads(path.read_bytes())
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as err:
         raise ZeroSegError(f"{path}: not a usable ADE20K index ({_short(err)})") from None
     if not isinstance(index, dict) or "filename" not in index or "folder" not in index:
