@@ -97,8 +97,8 @@ def test_onnxruntime_equals_pytorch_fixed_and_dynamic(which, zs3_checkpoint, zeg
     fixed = export_onnx(ckpt, tmp_path / "fixed.onnx", size=(48, 64))
     _assert_same(fixed, predictor, _images(1, 48, 64, seed=1))
     dynamic = export_onnx(ckpt, tmp_path / "dynamic.onnx", dynamic=True)
-    # A second and third size, batch 2; 40 px pads to 64 (the 2 x 32 minimum), 70 to 96.
-    _assert_same(dynamic, predictor, _images(2, 40, 70, seed=2))
+    # A second and third size, batch 2; ZegFormer pads 20 px to 64 (the 2 x 32 minimum, not 32), 70 to 96.
+    _assert_same(dynamic, predictor, _images(2, 20, 70, seed=2))
     _assert_same(dynamic, predictor, _images(1, 96, 64, seed=3))
     with pytest.raises(Exception, match="exactly 48x64"):
         OnnxPredictor(fixed).run(_images(1, 40, 64, seed=4))
