@@ -223,3 +223,19 @@ def test_json_metadata_values_are_json(zs3_checkpoint, tmp_path):
     props = {p.key: p.value for p in model.metadata_props}
     assert json.loads(props["zeroseg.class_names"]) == NAMES
     assert props["zeroseg.format"] == "zeroseg-onnx/1"
+
+
+@pytest.mark.slow
+def test_bench_export_quick_smoke(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_export", Path(__file__).parents[1] / "benchmarks/bench_export.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    assert bench.main(["--quick", "--models", "deeplab", "--threads", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["path"] for r in rows] == list(bench.PATHS)
+    assert all(r["agreement_with_eager"] > 0.99 and r["fraction_of_peak"] > 0 for r in rows)

@@ -92,6 +92,42 @@ def build_graph(predictor: Any, input_size: tuple[int, int] | None) -> torch.nn.
     return ZS3Graph(predictor.model).cpu().eval()
 
 
+def trace_to_onnx(graph: torch.nn.Module, input_size: tuple[int, int] | None, *, opset: int = OPSET) -> bytes:
+    """The serialised ONNX model of a graph module (``images -> (scores, labels)``), traced at ``input_size`` with
+    the batch size free, or at :data:`DYNAMIC_EXAMPLE` with batch, height and width free when ``input_size`` is
+    None. No metadata (see :func:`export_onnx`)."""
+    example = torch.randn(1, 3, *(input_size or DYNAMIC_EXAMPLE))
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "scores": {0: "batch", 2: "height", 3: "width"}}
+    axes["labels"] = {0: "batch", 1: "height", 2: "width"}
+    buffer = io.BytesIO()
+    with _tracing():
+        torch.onnx.export(
+            graph,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["scores", "labels"],
+            # The batch size is free in a fixed-size export too.
+            dynamic_axes=axes if input_size is None else {k: {0: "batch"} for k in axes},
+            do_constant_folding=True,
+        )
+    return buffer.getvalue()
+
+
+def onnx_session(model: str | Path | bytes, *, threads: int = 0) -> Any:
+    """An onnxruntime CPU session with every graph optimisation on (``threads`` intra-op threads; 0: its default)."""
+    ort = _need("onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+
+
 def seen_unseen(predictor: Any) -> tuple[list[str], list[str]]:
     """The vocabulary's names that were seen classes in training, and the others."""
     trained_seen = set(getattr(predictor, "trained_seen", None) or getattr(predictor, "seen_names", ()))
@@ -137,24 +173,7 @@ def export_onnx(
     if classes is not None:
         predictor.set_classes(list(classes))
     graph = build_graph(predictor, input_size)
-    example = torch.randn(1, 3, *(input_size or DYNAMIC_EXAMPLE))
-    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "scores": {0: "batch", 2: "height", 3: "width"}}
-    axes["labels"] = {0: "batch", 1: "height", 2: "width"}
-    buffer = io.BytesIO()
-    with _tracing():
-        torch.onnx.export(
-            graph,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=opset,
-            input_names=["images"],
-            output_names=["scores", "labels"],
-            # The batch size is free in a fixed-size export too.
-            dynamic_axes=axes if dynamic else {k: {0: "batch"} for k in axes},
-            do_constant_folding=True,
-        )
-    model = onnx.load_from_string(buffer.getvalue())
+    model = onnx.load_from_string(trace_to_onnx(graph, input_size, opset=opset))
     seen, unseen = seen_unseen(predictor)
     meta = predictor.meta
     source = checkpoint_path(checkpoint)
@@ -192,21 +211,15 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     Raises:
         ZeroSegError: a missing file, a file that is not ONNX, or an ONNX file not written by zeroseg.
     """
-    ort = _need("onnxruntime")
-    return _decode(_session(path, ort)[1], path)
+    return _decode(_session(path)[1], path)
 
 
-def _session(path: str | Path, ort: Any, threads: int = 0) -> tuple[Any, dict[str, str]]:
+def _session(path: str | Path, threads: int = 0) -> tuple[Any, dict[str, str]]:
     p = Path(path)
     if not p.is_file():
         raise ZeroSegError(f"{p}: ONNX file not found")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads > 0:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(p), sess_options=options, providers=["CPUExecutionProvider"])
+        session = onnx_session(p, threads=threads)
     except Exception as e:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...) for a bad file
         first = (str(e).splitlines() or [e.__class__.__name__])[0][:160]
         raise ZeroSegError(f"{p}: not a loadable ONNX model ({first})") from None
@@ -239,8 +252,7 @@ class OnnxPredictor:
     """
 
     def __init__(self, path: str | Path, *, threads: int = 0) -> None:
-        ort = _need("onnxruntime")
-        self.session, raw = _session(path, ort, threads)
+        self.session, raw = _session(path, threads)
         self.meta = _decode(raw, path)
         self.class_names: tuple[str, ...] = tuple(self.meta["class_names"])
         self.input_size: tuple[int, int] | None = self.meta["input_size"]
