@@ -308,7 +308,7 @@ def test_ade_index_is_read_with_a_restricted_unpickler(tmp_path):
 
     path = tmp_path / "index_ade20k.pkl"
     path.write_bytes(pickle.dumps({"filename": [Evil()], "folder": ["x"]}))
-    with pytest.raises(ZeroSegError, match="global 'builtins.print' is not allowed"):
+    with pytest.raises(ZeroSegError, match="global builtins.print is not allowed"):
         load_index(path)
     path.write_bytes(pickle.dumps({"filename": ["a.jpg"], "folder": ["f"], "presence": np.arange(3)}))
     assert load_index(path)["presence"].tolist() == [0, 1, 2]

@@ -171,10 +171,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     classes = None if args.classes is None else parse_class_list(args.classes)
     written = predict_images(
-        args.checkpoint, args.images, args.out, classes=classes, size=args.size, max_pixels=args.max_pixels
+        args.checkpoint,
+        args.images,
+        args.out,
+        classes=classes,
+        size=args.size,
+        max_pixels=args.max_pixels,
+        onnx=args.onnx,
     )
     for path in written:
         print(path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from zeroseg.export import export_onnx
+
+    classes = None if args.classes is None else parse_class_list(args.classes)
+    path = export_onnx(args.checkpoint, args.out, classes=classes, size=args.size, dynamic=args.dynamic)
+    print(f"wrote {path}; run it with `zeroseg predict --onnx {path} IMAGES --out DIR`")
     return 0
 
 
@@ -358,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="segment images with the checkpoint's or any other class names")
     s.add_argument("images", nargs="+", help="image files")
-    s.add_argument("--checkpoint", required=True, help="final checkpoint of a run")
+    source = s.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="final checkpoint of a run")
+    source.add_argument("--onnx", help="a model written by zeroseg export, run with onnxruntime")
     s.add_argument(
         "--classes",
         help="class names, comma-separated with '|' between synonyms (\"cat, tv|monitor\"), or a .txt file with "
@@ -375,6 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="larger images are labelled on a downscaled copy, labels resized back (bounds memory; default 2048^2)",
     )
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="export a checkpoint with a fixed vocabulary (ONNX; see docs/export.md)")
+    s.add_argument("--checkpoint", required=True, help="final checkpoint of a run (<run>/classifier, ...)")
+    s.add_argument(
+        "--classes",
+        help="the vocabulary baked into the graph: comma-separated names or a .txt file (default: the checkpoint's)",
+    )
+    s.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
+    s.add_argument("--out", required=True, help="the file to write (model.onnx)")
+    shape = s.add_mutually_exclusive_group()
+    shape.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="fixed input size (default 512 512)")
+    shape.add_argument("--dynamic", action="store_true", help="any batch size and image size")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("evaluate", help="evaluate a folder of label PNGs against ground truth PNGs")
     s.add_argument("--pred", required=True, help="folder of predicted label PNGs (ids of the split's dataset)")

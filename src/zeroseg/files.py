@@ -40,6 +40,22 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return p
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (as :func:`atomic_write_text`)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(p)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     """:func:`atomic_write_text` of ``data`` as indented JSON with a final newline."""
     return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -62,15 +62,20 @@ def predict_labels(predictor: Any, image: np.ndarray, *, max_pixels: int = MAX_P
     """Labels ``(H, W)`` of one image at its own size, with memory bounded by ``max_pixels``.
 
     A larger image is labelled on a copy downscaled to at most ``max_pixels`` and the labels are resized back
-    (nearest neighbour) to the image's size.
+    (nearest neighbour) to the image's size. A predictor with a fixed ``input_size`` ``(H, W)`` (a fixed-size ONNX
+    export, :class:`zeroseg.export.OnnxPredictor`) labels a copy resized to that size, the labels resized back alike.
 
     Returns:
-        ``(labels, note)``: ``note`` says when the image was downscaled (None otherwise).
+        ``(labels, note)``: ``note`` says when the image was resized (None otherwise).
     """
     h, w = image.shape[:2]
     note = None
     work = image
-    if h * w > max_pixels:
+    fixed = getattr(predictor, "input_size", None)
+    if fixed is not None and (h, w) != tuple(fixed):
+        work = np.asarray(Image.fromarray(image).resize((fixed[1], fixed[0]), Image.BILINEAR))
+        note = f"{w}x{h} pixels: labelled at {fixed[1]}x{fixed[0]} (the export's fixed input size), labels resized back"
+    elif h * w > max_pixels:
         scale = (max_pixels / (h * w)) ** 0.5
         size = (max(1, int(w * scale)), max(1, int(h * scale)))
         work = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
@@ -83,16 +88,19 @@ def predict_labels(predictor: Any, image: np.ndarray, *, max_pixels: int = MAX_P
 
 
 def predict_images(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     images: Sequence[str | Path],
     out_dir: str | Path,
     *,
     classes: list[str] | None = None,
     size: int | None = None,
     max_pixels: int = MAX_PIXELS,
+    onnx: str | Path | None = None,
 ) -> list[Path]:
     """Write ``<stem>.png`` (label ids, palette PNG) and ``<stem>_overlay.png`` (with legend) per image, at each
-    image's own size (or its shorter side resized to ``size``).
+    image's own size (or its shorter side resized to ``size``), with the torch predictor of ``checkpoint`` or, when
+    ``onnx`` is given instead, the exported model run by onnxruntime (its vocabulary is baked in: ``classes``, if
+    given, must be that vocabulary).
 
     Returns:
         the written paths. All inputs are read and checked before anything is written.
@@ -108,9 +116,19 @@ def predict_images(
     if clash:
         same = [str(p) for p in images if Path(p).stem == clash[0]]
         raise ZeroSegError(f"{' and '.join(same)}: same file stem '{clash[0]}', their outputs would overwrite")
-    predictor = load_predictor(checkpoint)
+    if (checkpoint is None) == (onnx is None):
+        raise ZeroSegError("give either a checkpoint or an ONNX file")
+    if onnx is not None:
+        from zeroseg.export import OnnxPredictor
+
+        predictor = OnnxPredictor(onnx)
+    else:
+        predictor = load_predictor(checkpoint)
     arrays = [read_rgb(p, size) for p in images]
-    if classes is not None:
+    if classes is not None and onnx is not None:
+        if tuple(vocabulary(classes)) != predictor.class_names:
+            raise ZeroSegError(f"{onnx}: the vocabulary is baked in at export; re-export it for other --classes")
+    elif classes is not None:
         predictor.set_classes(classes)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

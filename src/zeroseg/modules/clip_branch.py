@@ -534,13 +534,15 @@ def fuse_scores(
     if all_classes:
         fused = p_seg ** (1.0 - lam) * p_clip**lam
     else:
-        seen, unseen = seen.to(p_seg.device), unseen.to(p_seg.device)
-        fused = torch.empty_like(p_seg)
+        # Both rules on every column, then a per-class choice: the same numbers as writing the seen and the unseen
+        # columns in place, in a form ONNX export can trace (zeroseg export; index_put into empty_like has none).
+        seen = seen.to(p_seg.device)
+        fused = p_seg ** (1.0 - lam) * p_clip**lam
         if len(seen):
+            is_seen = torch.zeros(c, dtype=torch.bool, device=p_seg.device)
+            is_seen[seen] = True
             clip_seen = p_clip[..., seen].mean(dim=-1, keepdim=True)
-            fused[..., seen] = p_seg[..., seen] ** lam * clip_seen ** (1.0 - lam)
-        if len(unseen):
-            fused[..., unseen] = p_seg[..., unseen] ** (1.0 - lam) * p_clip[..., unseen] ** lam
+            fused = torch.where(is_seen, p_seg**lam * clip_seen ** (1.0 - lam), fused)
     if encoded is not None:
         if encoded.shape != segment_logits.shape[:2]:
             raise ZeroSegError(
