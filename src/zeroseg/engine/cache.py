@@ -32,8 +32,8 @@ CACHE_ENV = "ZEROSEG_CACHE"
 _META_KEY = "zeroseg-cache"
 _DIGESTS = "digests.json"
 _MAX_DIGESTS = 256
-# In-process memo of file digests: (resolved path, size, mtime_ns) -> sha256 hex.
-_DIGEST_MEMO: dict[tuple[str, int, int], str] = {}
+# In-process memo of file digests: (resolved path, size, mtime_ns, inode) -> sha256 hex.
+_DIGEST_MEMO: dict[tuple[str, int, int, int], str] = {}
 
 
 def cache_dir(name: str) -> Path:
@@ -57,19 +57,21 @@ def _read_digests(path: Path) -> dict[str, Any]:
 
 
 def file_digest(path: str | Path, memo_dir: str | Path | None = None) -> str:
-    """SHA-256 (hex) of a file's bytes, remembered by (resolved path, size, mtime) so that an unchanged file is
-    hashed once: in this process, and across processes in ``memo_dir/digests.json`` when ``memo_dir`` is given
-    (a corrupt or stale record there is ignored and rewritten; at most 256 files are remembered).
+    """SHA-256 (hex) of a file's bytes, remembered by (resolved path, size, mtime, inode) so that an unchanged file
+    is hashed once: in this process, and across processes in ``memo_dir/digests.json`` when ``memo_dir`` is given
+    (a corrupt or stale record there is ignored and rewritten; at most 256 files are remembered). The inode
+    catches a file replaced within one tick of the file system's clock by one of the same size, as an atomic
+    rewrite (:func:`zeroseg.engine.checkpoint.save_checkpoint`) does.
 
     Raises:
         OSError: the file cannot be read.
     """
     p = Path(path).resolve()
     st = p.stat()
-    memo_key = (str(p), st.st_size, st.st_mtime_ns)
+    memo_key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino)
     if memo_key in _DIGEST_MEMO:
         return _DIGEST_MEMO[memo_key]
-    record = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    record = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
     store = Path(memo_dir) / _DIGESTS if memo_dir is not None else None
     digests = _read_digests(store) if store is not None else {}
     known = digests.get(str(p))
