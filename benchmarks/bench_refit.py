@@ -10,10 +10,12 @@ Everything timed is zeroseg's own code on a trained checkpoint (``zeroseg train`
 * ``cached`` -- the same call again as a later process makes it (the in-process digest memo cleared, so the digest
   comes from the cache folder's record; another vocabulary installed in between): a cache hit;
 * ``forward`` -- ``predictor.predict`` of one validation-sized image (the reference of the "repeated calls" goal);
-* ``sgd`` / ``lbfgs`` -- ``ZS3Predictor.refit_weights(names, solver=...)`` (samples + solve, no cache) per refit
-  seed, for the new vocabulary and for the checkpoint's own class list.
+* ``sgd`` / ``lbfgs`` / ``gd`` -- ``ZS3Predictor.refit_weights(names, solver=...)`` (samples + solve, no cache) per
+  refit seed, for the new vocabulary and for the checkpoint's own class list: the minibatch SGD run of before, the
+  full-batch optimum of its objective, and the full-batch path of the same SGD steps.
 
-Agreement: % of validation pixels on which the SGD and the L-BFGS classifier of the same seed give the same label.
+Agreement: % of validation pixels on which the SGD classifier and the other solver's of the same seed give the same
+label.
 mIoU (percent): for the checkpoint's own classes as ``zeroseg eval`` computes it (plus seen/unseen/hIoU); for the
 new vocabulary over its names, with every ground-truth pixel of a class outside the vocabulary ignored (a name
 with no ground-truth pixel counts only where it is predicted: IoU 0). The spread over refit seeds is printed
@@ -54,6 +56,8 @@ from zeroseg.methods.predict import vocabulary
 from zeroseg.metrics import ConfusionMatrix, compute_metrics
 
 NEW_VOCABULARY = "sky, road, sand, red dotted, purple striped, orange checkered"
+#: The refit solvers compared: the SGD run of before first (the reference of the agreement).
+SOLVERS = ("sgd", "lbfgs", "gd")
 
 
 def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
@@ -86,16 +90,20 @@ def label_maps(weight: torch.Tensor, bias: torch.Tensor, feats: list[tuple[torch
     return torch.cat(preds)
 
 
-def vocabulary_miou(pred: torch.Tensor, gt: torch.Tensor, names: list[str], ckpt_names: list[str]) -> float:
-    """mIoU (percent) over ``names``: ground-truth ids of the checkpoint's classes mapped to the vocabulary's, every
-    pixel of a class outside it ignored."""
+def vocabulary_metrics(pred: torch.Tensor, gt: torch.Tensor, names: list[str], ckpt_names: list[str]) -> dict:
+    """mIoU and per-name IoU (percent) over ``names``: ground-truth ids of the checkpoint's classes mapped to the
+    vocabulary's, every pixel of a class outside it ignored; a name with no ground truth that is never predicted
+    is left out (None)."""
     lut = torch.full((max(256, len(ckpt_names) + 1),), IGNORE, dtype=torch.long)
     for i, n in enumerate(ckpt_names):
         if n in names:
             lut[i] = names.index(n)
     cm = ConfusionMatrix(len(names))
     cm.update(pred, lut[gt.long()])
-    return 100.0 * compute_metrics(cm.mat).miou
+    m = compute_metrics(cm.mat)
+    out = {"miou": 100.0 * m.miou}
+    out.update({f"IoU {n}": None if v is None else 100.0 * v for n, v in zip(names, m.per_class_iou, strict=True)})
+    return out
 
 
 def own_metrics(pred: torch.Tensor, gt: torch.Tensor, data) -> dict[str, float]:
@@ -163,16 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     for label, names in (("new vocabulary", new), ("own classes", own)):
         per_seed = []
         for seed in seeds:
-            (w_sgd, b_sgd), t_sgd = _timed(predictor.refit_weights, names, seed=seed, solver="sgd", epochs=args.epochs)
-            (w_lb, b_lb), t_lb = _timed(predictor.refit_weights, names, seed=seed, solver="lbfgs")
-            p_sgd, p_lb = label_maps(w_sgd, b_sgd, feats), label_maps(w_lb, b_lb, feats)
-            row = {"seed": seed, "sgd_s": t_sgd, "lbfgs_s": t_lb}
-            row["agreement_pct"] = 100.0 * (p_sgd == p_lb).float().mean().item()
-            if names == own:
-                row["sgd"], row["lbfgs"] = own_metrics(p_sgd, gt, data), own_metrics(p_lb, gt, data)
-            else:
-                row["sgd"] = {"miou": vocabulary_miou(p_sgd, gt, names, own)}
-                row["lbfgs"] = {"miou": vocabulary_miou(p_lb, gt, names, own)}
+            row: dict[str, Any] = {"seed": seed}
+            preds = {}
+            for solver in SOLVERS:
+                (w, b), row[f"{solver}_s"] = _timed(
+                    predictor.refit_weights, names, seed=seed, solver=solver, epochs=args.epochs
+                )
+                preds[solver] = label_maps(w, b, feats)
+                if names == own:
+                    row[solver] = own_metrics(preds[solver], gt, data)
+                else:
+                    row[solver] = vocabulary_metrics(preds[solver], gt, names, own)
+            for solver in SOLVERS[1:]:
+                row[f"agreement_{solver}_pct"] = 100.0 * (preds["sgd"] == preds[solver]).float().mean().item()
             per_seed.append(row)
         rows[label] = per_seed
     results["refits"] = rows
@@ -192,27 +203,31 @@ def _first_images(data, cfg, n: int) -> list[torch.Tensor]:
 def report(r: dict[str, Any]) -> str:
     """The printed table of :func:`main`'s results."""
     new_rows = r["refits"]["new vocabulary"]
-    sgd = statistics.median(x["sgd_s"] for x in new_rows)
-    lb = statistics.median(x["lbfgs_s"] for x in new_rows)
+    t = {solver: statistics.median(x[f"{solver}_s"] for x in new_rows) for solver in SOLVERS}
     lines = [
         f"checkpoint {r['checkpoint']}  threads {r['threads']}  vocabulary: {', '.join(r['vocabulary'])}",
         f"load checkpoint          {r['load_s']:8.3f} s",
         f"first call (L-BFGS, cold){r['first_call_s']:8.3f} s   set_classes with a new vocabulary, empty cache",
         f"cached call              {r['cached_s'] * 1e3:8.2f} ms  same vocabulary again (cache hit)",
         f"forward, one image       {r['forward_s'] * 1e3:8.2f} ms  predictor.predict",
-        f"refit before (SGD)       {sgd:8.3f} s   median over seeds, refit_weights(solver='sgd')",
-        f"refit after (L-BFGS)     {lb:8.3f} s   refit_weights(solver='lbfgs')",
-        f"speed-up  before/after   {sgd / lb:8.1f} x",
-        f"speed-up  before/cached  {sgd / r['cached_s']:8.0f} x",
+        f"refit before (SGD)       {t['sgd']:8.3f} s   median over seeds, refit_weights(solver='sgd')",
+        f"refit after (L-BFGS)     {t['lbfgs']:8.3f} s   refit_weights(solver='lbfgs')",
+        f"refit full-batch GD path {t['gd']:8.3f} s   refit_weights(solver='gd')",
+        f"speed-up  SGD/L-BFGS     {t['sgd'] / t['lbfgs']:8.1f} x",
+        f"speed-up  SGD/GD path    {t['sgd'] / t['gd']:8.1f} x",
+        f"speed-up  SGD/cached     {t['sgd'] / r['cached_s']:8.0f} x",
         f"cached / forward         {r['cached_s'] / r['forward_s']:8.3f}",
         f"predict shortcut check   {r['shortcut_matches_predict_pct']:8.2f} % of pixels as predictor.predict",
     ]
     for label, rows in r["refits"].items():
         lines.append(f"-- {label} ({len(rows)} refit seeds)")
-        lines.append(f"   agreement SGD vs L-BFGS: {_spread([x['agreement_pct'] for x in rows])} % of pixels")
+        for solver in SOLVERS[1:]:
+            agree = _spread([x[f"agreement_{solver}_pct"] for x in rows])
+            lines.append(f"   agreement SGD vs {solver}: {agree} % of pixels")
         for key in rows[0]["sgd"]:
-            for solver in ("sgd", "lbfgs"):
-                lines.append(f"   {key:12s} {solver:6s} {_spread([x[solver][key] for x in rows])}")
+            for solver in SOLVERS:
+                values = [x[solver][key] for x in rows if x[solver][key] is not None]
+                lines.append(f"   {key:18s} {solver:6s} {_spread(values) if values else '-'}")
     return "\n".join(lines)
 
 

@@ -138,6 +138,33 @@ def test_solve_agrees_with_the_refits_minibatch_sgd_on_a_tiny_bank() -> None:
     assert agree > 0.99
 
 
+def test_full_batch_path_is_torchs_sgd_with_the_whole_batch() -> None:
+    # The hand-written gradient, momentum buffer and decay reproduce torch's SGD (momentum 0.9, weight decay on
+    # weight and bias) stepping on the full batch, step for step.
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(50, 4, generator=g), torch.randint(0, 3, (50,), generator=g)
+    ours, ref = _conv(4, 3, seed=7), _conv(4, 3, seed=7)
+    objective = generative.full_batch_sgd(ours, x, y, steps=25, lr=0.1, weight_decay=0.01)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    for _ in range(25):
+        loss = nn.functional.cross_entropy(ref(x[:, :, None, None])[:, :, 0, 0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.testing.assert_close(ours.weight, ref.weight, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.bias, ref.bias, atol=1e-5, rtol=1e-5)
+    w, b = ref.weight.detach()[:, :, 0, 0], ref.bias.detach()
+    assert objective == pytest.approx(generative.linear_objective(w, b, x, y, 0.01).item(), rel=1e-5)
+
+
+def test_refit_gd_takes_the_sgd_runs_step_count(refit_env, monkeypatch) -> None:
+    seen = {}
+    monkeypatch.setattr(zs3net, "full_batch_sgd", lambda conv, x, y, **kw: seen.update(n=x.shape[0], **kw))
+    refit_env["predictor"]().set_classes(["cat", "sky", "dog"], samples_per_class=300, epochs=7, solver="gd")
+    # cat, dog: 300 generated each; sky: its 2 bank features -> 602 samples = 3 batches of 256 per epoch
+    assert seen == {"n": 602, "steps": 21, "lr": 0.01}
+
+
 # --------------------------------------------------------------------------------------------- the cache
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ZEROSEG_CACHE", str(tmp_path))

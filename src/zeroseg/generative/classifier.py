@@ -323,6 +323,55 @@ def solve_linear_classifier(
     return LinearSolve(loss.item(), grad_norm, int(state.get("n_iter", 0)), int(state.get("func_evals", 0)))
 
 
+@torch.no_grad()
+def full_batch_sgd(
+    classifier: nn.Conv2d,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = WEIGHT_DECAY,
+) -> float:
+    """``steps`` steps of torch's SGD (``momentum``, no dampening, ``weight_decay`` on weight and bias) on
+    :func:`linear_objective` with the gradient of the *whole* sample set, written out by hand (no autograd, no
+    conv: one matrix product each way per step), from ``classifier``'s current weights; written back into it.
+
+    This is the expected path of :func:`fit_linear_classifier`'s minibatch run with the same rate, momentum,
+    initialisation and number of steps: each minibatch gradient is an unbiased estimate of the full-batch one, so
+    the minibatch run is this path plus zero-mean noise (to first order in the noise). Unlike
+    :func:`solve_linear_classifier` it stops where the SGD run stops, which is not the optimum when that run has
+    not converged -- e.g. the refit's 60 epochs from the U[0, 1) initialisation.
+
+    Args:
+        classifier: (F -> C) 1x1 conv, the starting point.
+        x: (N, F) features; y: (N,) labels in ``0..C-1``.
+        steps: optimiser steps; lr, momentum, weight_decay: as :func:`classifier_optimizer`.
+
+    Returns:
+        :func:`linear_objective` after the last step.
+    """
+    c, f = classifier.weight.shape[:2]
+    xd = x.to(classifier.weight.dtype)
+    onehot = F.one_hot(y.to(xd.device), c).to(xd.dtype)
+    w = classifier.weight.reshape(c, f).clone()
+    b = classifier.bias.clone()
+    buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(b)
+    n = xd.shape[0]
+    for _ in range(steps):
+        r = (torch.addmm(b, xd, w.T).softmax(1) - onehot) / n  # d(mean CE)/d(logits)
+        g_w = torch.addmm(w, r.T, xd, beta=weight_decay)
+        g_b = r.sum(0).add_(b, alpha=weight_decay)
+        buf_w.mul_(momentum).add_(g_w)  # from zeros: the first step's buffer is its gradient, as in torch's SGD
+        buf_b.mul_(momentum).add_(g_b)
+        w.sub_(buf_w, alpha=lr)
+        b.sub_(buf_b, alpha=lr)
+    classifier.weight.copy_(w.reshape(classifier.weight.shape))
+    classifier.bias.copy_(b)
+    return linear_objective(w, b, xd, y.to(xd.device), weight_decay).item()
+
+
 #: ``make_fake(class id, real features (m, F) of that class in the image, image has unseen pixels)`` -> (m, F)
 #: generated features, or None when the image's real features will be used (no unseen pixel).
 FakeMaker = Callable[[int, torch.Tensor, bool], "torch.Tensor | None"]

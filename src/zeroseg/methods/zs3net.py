@@ -84,6 +84,7 @@ from zeroseg.generative import (
     feature_batches,
     fit_linear_classifier,
     frozen_features,
+    full_batch_sgd,
     generator_step,
     labels_at,
     official_classifier_loss,
@@ -107,7 +108,7 @@ from zeroseg.text import class_embeddings as text_class_embeddings
 
 STAGES = ("segmenter", "generator", "graph", "classifier", "selftrain")
 #: :meth:`ZS3Predictor.set_classes` solvers: the full-batch optimum (default) and the SGD run it replaces.
-REFIT_SOLVERS = ("lbfgs", "sgd")
+REFIT_SOLVERS = ("lbfgs", "gd", "sgd")
 #: The refit solve stops when no gradient entry of the objective exceeds this.
 REFIT_TOLERANCE = 1e-6
 #: The refit cache's folder name under zeroseg's cache root (:func:`zeroseg.engine.cache.cache_dir`).
@@ -848,7 +849,7 @@ class ZS3Predictor:
         if solver not in REFIT_SOLVERS:
             raise ZeroSegError(f"refit solver {solver!r}: unknown (choose one of {', '.join(REFIT_SOLVERS)})")
         options = {"samples_per_class": samples_per_class, "seed": seed, "solver": solver}
-        options.update({"epochs": epochs} if solver == "sgd" else {"tolerance_grad": REFIT_TOLERANCE})
+        options.update({"tolerance_grad": REFIT_TOLERANCE} if solver == "lbfgs" else {"epochs": epochs})
         store = key = None
         if cache:
             store, key = self._refit_cache(names, options, cache_dir)
@@ -895,7 +896,10 @@ class ZS3Predictor:
         self.generator.eval()
         self.model.reset_classifier(len(names))
         classifier = self.model.classifier.to(self.device)
-        if solver == "sgd":
+        if solver == "gd":
+            steps = epochs * -(-x_all.shape[0] // 256)  # the SGD run's step count: 60 epochs of 256-sample batches
+            full_batch_sgd(classifier, x_all, y_all, steps=steps, lr=0.01)
+        elif solver == "sgd":
 
             def batches():
                 perm = torch.randperm(x_all.shape[0])
