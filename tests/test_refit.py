@@ -157,10 +157,10 @@ def test_full_batch_path_is_torchs_sgd_with_the_whole_batch() -> None:
     assert objective == pytest.approx(generative.linear_objective(w, b, x, y, 0.01).item(), rel=1e-5)
 
 
-def test_refit_gd_takes_the_sgd_runs_step_count(refit_env, monkeypatch) -> None:
+def test_default_refit_is_the_full_batch_path_of_the_sgd_runs_steps(refit_env, monkeypatch) -> None:
     seen = {}
     monkeypatch.setattr(zs3net, "full_batch_sgd", lambda conv, x, y, **kw: seen.update(n=x.shape[0], **kw))
-    refit_env["predictor"]().set_classes(["cat", "sky", "dog"], samples_per_class=300, epochs=7, solver="gd")
+    refit_env["predictor"]().set_classes(["cat", "sky", "dog"], samples_per_class=300, epochs=7)  # the default
     # cat, dog: 300 generated each; sky: its 2 bank features -> 602 samples = 3 batches of 256 per epoch
     assert seen == {"n": 602, "steps": 21, "lr": 0.01}
 
@@ -268,21 +268,25 @@ def _predictor(path: Path) -> zs3net.ZS3Predictor:
 
 @pytest.fixture
 def refit_env(tmp_path: Path, monkeypatch):
-    """A stand-in predictor over a checkpoint file, and counters of the solver and encoder calls."""
+    """A stand-in predictor over a checkpoint file, and counters of the solver (either full-batch one) and encoder
+    calls."""
     ckpt = tmp_path / "classifier.safetensors"
     ckpt.write_bytes(b"checkpoint v1")
     calls = {"solve": 0, "embed": 0}
-    real_solve = zs3net.solve_linear_classifier
 
-    def solve(*args, **kwargs):
-        calls["solve"] += 1
-        return real_solve(*args, **kwargs)
+    def counted(real):
+        def solve(*args, **kwargs):
+            calls["solve"] += 1
+            return real(*args, **kwargs)
+
+        return solve
 
     def embed(spec, names):
         calls["embed"] += 1
         return torch.tensor([WORD[n] for n in names])
 
-    monkeypatch.setattr(zs3net, "solve_linear_classifier", solve)
+    for solver in ("solve_linear_classifier", "full_batch_sgd"):  # L-BFGS and the default full-batch path
+        monkeypatch.setattr(zs3net, solver, counted(getattr(zs3net, solver)))
     monkeypatch.setattr(zs3net, "class_embeddings", embed)
     return {"ckpt": ckpt, "calls": calls, "dir": tmp_path / "cache", "predictor": lambda: _predictor(ckpt)}
 
