@@ -392,3 +392,14 @@ def test_predict_images_refits_once_for_all_images(tmp_path: Path, monkeypatch) 
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images[-1])
     predict_images("ckpt", images, tmp_path / "out", classes=["x", "y"])
     assert Stub.refits == [["x", "y"]]
+
+
+@pytest.mark.parametrize("small", [True, False])
+def test_a_small_refit_runs_on_one_thread_and_restores_the_count(refit_env, monkeypatch, small: bool) -> None:
+    threads = []
+    monkeypatch.setattr(zs3net, "full_batch_sgd", lambda *a, **k: threads.append(torch.get_num_threads()))
+    if not small:
+        monkeypatch.setattr(zs3net, "SMALL_REFIT_MACS", 10)  # this refit: 8 samples x 2 features x 2 classes
+    torch.set_num_threads(2)  # the autouse fixture restores the count after the test
+    refit_env["predictor"]().set_classes(["cat", "dog"], samples_per_class=2, cache=False)
+    assert threads == [1 if small else 2] and torch.get_num_threads() == 2

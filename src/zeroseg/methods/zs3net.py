@@ -38,6 +38,8 @@ and fit, the refit samples of :meth:`ZS3Predictor.set_classes`, the top-p % pseu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -757,6 +759,26 @@ def run_stages(run: Run) -> RunResult:
 
 
 # --------------------------------------------------------------------------------------------- inference
+#: Multiply-adds of one pass over the refit samples (N x F x K) up to which the refit runs on one CPU thread.
+SMALL_REFIT_MACS = 1 << 26
+
+
+@contextmanager
+def _few_threads_when_small(macs: int) -> Iterator[None]:
+    """One intra-op thread for a refit of at most :data:`SMALL_REFIT_MACS` per pass on the CPU, the previous count
+    restored after: its matrix products (e.g. 1536 x 256 x 6) are too small to split, and on a shared machine
+    waiting for a second busy core made each of its few hundred steps several times slower (docs/benchmarks.md)."""
+    n = torch.get_num_threads()
+    if n == 1 or macs > SMALL_REFIT_MACS:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 class ZS3Predictor:
     """A trained ZS3Net/ZS5Net model loaded from a checkpoint, ready to label images.
 
@@ -884,6 +906,13 @@ class ZS3Predictor:
             weight: (K, F, 1, 1), bias: (K,) on the CPU, for the K names.
         """
         names = vocabulary(names)
+        n_samples = samples_per_class * len(names) + (0 if self.bank_x is None else self.bank_x.shape[0])
+        with _few_threads_when_small(n_samples * self.model.feature_dim * len(names)):
+            return self._refit_weights(names, samples_per_class, epochs, seed, solver)
+
+    def _refit_weights(
+        self, names: list[str], samples_per_class: int, epochs: int, seed: int, solver: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(seed)
         emb = class_embeddings(self.meta["encoder"], tuple(names)).to(self.device)
         self.generator.train()  # dropout on while generating, as in training (see train_classifier)
