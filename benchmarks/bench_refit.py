@@ -11,9 +11,10 @@ Everything timed is zeroseg's own code on a trained checkpoint (``zeroseg train`
 * ``cached`` -- the same call again as a later process makes it (the in-process digest memo cleared, so the digest
   comes from the cache folder's record; another vocabulary installed in between): a cache hit;
 * ``forward`` -- ``predictor.predict`` of one validation-sized image (the reference of the "repeated calls" goal);
-* ``sgd`` / ``lbfgs`` / ``gd`` -- ``ZS3Predictor.refit_weights(names, solver=...)`` (samples + solve, no cache) per
-  refit seed, for the new vocabulary and for the checkpoint's own class list: the minibatch SGD run of before, the
-  full-batch optimum of its objective, and the full-batch path of the same SGD steps.
+* ``sgd`` / ``gd`` / ``lbfgs`` -- ``ZS3Predictor.refit_weights(names, solver=...)`` (samples + solve, no cache) per
+  refit seed, for the new vocabulary and for the checkpoint's own class list: the minibatch SGD run of before (at
+  the process's thread count, as before: the one-thread rule for small refits, ``zs3net.SMALL_REFIT_MACS``, is
+  lifted for it), the full-batch path of the same SGD steps (the default), and the optimum of their objective.
 
 Agreement: % of validation pixels on which the SGD classifier and the other solver's of the same seed give the same
 label.
@@ -52,7 +53,7 @@ from zeroseg.engine import cache as cache_mod
 from zeroseg.engine.checkpoint import checkpoint_path
 from zeroseg.engine.loaders import make_loader
 from zeroseg.engine.run import prepare_data
-from zeroseg.methods import load_predictor
+from zeroseg.methods import load_predictor, zs3net
 from zeroseg.methods.predict import vocabulary
 from zeroseg.metrics import ConfusionMatrix, compute_metrics
 
@@ -169,15 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     results["shortcut_matches_predict_pct"] = 100.0 * (check == direct).float().mean().item()
 
     rows = {}
+    small = zs3net.SMALL_REFIT_MACS
     for label, names in (("new vocabulary", new), ("own classes", own)):
         per_seed = []
         for seed in seeds:
             row: dict[str, Any] = {"seed": seed}
             preds = {}
             for solver in SOLVERS:
+                # "before" as it ran before: at the process's thread count (the small-refit one-thread rule is new)
+                zs3net.SMALL_REFIT_MACS = -1 if solver == "sgd" else small
                 (w, b), row[f"{solver}_s"] = _timed(
                     predictor.refit_weights, names, seed=seed, solver=solver, epochs=args.epochs
                 )
+                zs3net.SMALL_REFIT_MACS = small
                 preds[solver] = label_maps(w, b, feats)
                 if names == own:
                     row[solver] = own_metrics(preds[solver], gt, data)
