@@ -881,7 +881,7 @@ class ZS3Predictor:
         if cache:
             store, key = self._refit_cache(names, options, cache_dir)
         if store is not None and key is not None:
-            shape = (len(names), self.model.feature_dim)
+            shape = (len(names), self.model.classifier.in_channels)
             dtype = self.model.classifier.weight.dtype
             hit = store.get(key, {"weight": ((*shape, 1, 1), dtype), "bias": ((shape[0],), dtype)})
             if hit is not None:
@@ -907,7 +907,7 @@ class ZS3Predictor:
         """
         names = vocabulary(names)
         n_samples = samples_per_class * len(names) + (0 if self.bank_x is None else self.bank_x.shape[0])
-        with _few_threads_when_small(n_samples * self.model.feature_dim * len(names)):
+        with _few_threads_when_small(n_samples * self.model.classifier.in_channels * len(names)):
             return self._refit_weights(names, samples_per_class, epochs, seed, solver)
 
     def _refit_weights(
