@@ -403,3 +403,12 @@ def test_a_small_refit_runs_on_one_thread_and_restores_the_count(refit_env, monk
     torch.set_num_threads(2)  # the autouse fixture restores the count after the test
     refit_env["predictor"]().set_classes(["cat", "dog"], samples_per_class=2, cache=False)
     assert threads == [1 if small else 2] and torch.get_num_threads() == 2
+
+
+def test_refit_weights_leaves_the_served_classifier_alone(refit_env) -> None:
+    p = refit_env["predictor"]()
+    p.set_classes(["cat", "dog"], samples_per_class=3, cache=False)
+    before = _weights(p)
+    weight, bias = p.refit_weights(["sky", "cat", "dog"], samples_per_class=3)
+    assert weight.shape == (3, 2, 1, 1) and bias.shape == (3,) and p.class_names == ("cat", "dog")
+    assert all(torch.equal(a, b) for a, b in zip(_weights(p), before, strict=True))

@@ -900,15 +900,20 @@ class ZS3Predictor:
     def refit_weights(
         self, names: list[str], *, samples_per_class: int = 256, epochs: int = 60, seed: int = 0, solver: str = "gd"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Compute (not install, not cache) the refitted classifier of ``names``; see :meth:`set_classes`.
+        """Compute (not install, not cache) the refitted classifier of ``names``; see :meth:`set_classes`. The
+        predictor keeps serving its current class list.
 
         Returns:
             weight: (K, F, 1, 1), bias: (K,) on the CPU, for the K names.
         """
         names = vocabulary(names)
+        current = self.model.classifier
         n_samples = samples_per_class * len(names) + (0 if self.bank_x is None else self.bank_x.shape[0])
-        with _few_threads_when_small(n_samples * self.model.classifier.in_channels * len(names)):
-            return self._refit_weights(names, samples_per_class, epochs, seed, solver)
+        try:
+            with _few_threads_when_small(n_samples * current.in_channels * len(names)):
+                return self._refit_weights(names, samples_per_class, epochs, seed, solver)
+        finally:
+            self._install(current.weight.detach(), current.bias.detach(), self.class_names)
 
     def _refit_weights(
         self, names: list[str], samples_per_class: int, epochs: int, seed: int, solver: str
