@@ -16,6 +16,12 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    # Refit caches and file digests of a test go to a folder of their own, never to ~/.cache/zeroseg.
+    monkeypatch.setenv("ZEROSEG_CACHE", str(tmp_path_factory.mktemp("zeroseg-cache")))
+
+
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> Callable[..., Path]:
     """Write a tiny experiment (32 px synthetic benchmark, tiny backbone, 1 epoch per stage) to tmp_path.

@@ -171,3 +171,13 @@ def test_train_bad_arguments(bench_train, capsys):
     assert "--batch" in capsys.readouterr().err
     assert bench_train.main(["--quick", "--zs3net-config", "/nonexistent.yaml"]) == 2
     assert "nonexistent.yaml" in capsys.readouterr().err
+
+
+def test_refit_vocabulary_metrics_by_hand():
+    bench = _load("bench_refit")
+    # checkpoint classes a, b, c; vocabulary (c, a, z): a -> 1, c -> 0, b is outside it (ignored), z has no pixel.
+    gt = torch.tensor([[[0, 1, 2, 2]]])
+    pred = torch.tensor([[[1, 0, 0, 2]]])  # a right, (b ignored), c right, c taken for z
+    m = bench.vocabulary_metrics(pred, gt, ["c", "a", "z"], ["a", "b", "c"])
+    # IoU c = 1 / (1 + 1 missed), a = 1, z = 0 (predicted once, never true)
+    assert m == {"miou": pytest.approx(50.0), "IoU c": 50.0, "IoU a": 100.0, "IoU z": 0.0}

@@ -21,27 +21,11 @@ def _tmp_path(p: Path) -> Path:
     return p.with_name(f".{p.name}.{os.getpid()}.tmp")
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, flushed and renamed into place.
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, flushed and renamed into place.
 
     A kill or a full disk at any moment leaves either the previous file or the new one, never a truncated one.
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(p)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (as :func:`atomic_write_text`)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(p)
@@ -54,6 +38,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return p
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:

@@ -8,6 +8,7 @@ training image is used; generated unseen features under a uniform class prior) a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -135,8 +136,8 @@ def refit_samples(
 
 
 def classifier_optimizer(classifier: nn.Module, lr: float) -> torch.optim.SGD:
-    """The retraining optimiser: SGD, momentum 0.9, weight decay 5e-4."""
-    return torch.optim.SGD(classifier.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    """The retraining optimiser: SGD, momentum 0.9, weight decay 5e-4 (:data:`WEIGHT_DECAY`)."""
+    return torch.optim.SGD(classifier.parameters(), lr=lr, momentum=0.9, weight_decay=WEIGHT_DECAY)
 
 
 def classifier_criterion(class_weight: torch.Tensor | None) -> nn.CrossEntropyLoss:
@@ -214,6 +215,161 @@ def fit_linear_classifier(
         history.append(total / max(n, 1))
         _log(f"[{desc}] epoch {epoch + 1}/{epochs} loss {history[-1]:.4f}")
     return history
+
+
+#: Weight decay of the refit's SGD (:func:`classifier_optimizer`), the L2 term of :func:`linear_objective`.
+WEIGHT_DECAY = 5e-4
+
+
+def linear_objective(
+    weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weight_decay: float
+) -> torch.Tensor:
+    """The objective that :func:`fit_linear_classifier`'s SGD minimises, on the whole sample set at once:
+    mean softmax cross-entropy of ``x @ weight.T + bias`` plus ``weight_decay / 2 * (|weight|^2 + |bias|^2)``
+    (torch's ``weight_decay`` adds ``weight_decay * p`` to every parameter's gradient, the bias included: the
+    gradient of that L2 term).
+
+    Args:
+        weight: (C, F); bias: (C,); x: (N, F) features; y: (N,) labels in ``0..C-1``.
+
+    Returns:
+        the scalar objective.
+    """
+    ce = F.cross_entropy(torch.addmm(bias, x, weight.T), y)
+    return ce + 0.5 * weight_decay * (weight.square().sum() + bias.square().sum())
+
+
+@dataclass(frozen=True)
+class LinearSolve:
+    """How :func:`solve_linear_classifier` ended.
+
+    Attributes:
+        objective: :func:`linear_objective` at the solution.
+        grad_norm: the Euclidean norm of its gradient there (0 at the exact optimum).
+        iterations: L-BFGS iterations taken; evaluations: objective + gradient evaluations.
+    """
+
+    objective: float
+    grad_norm: float
+    iterations: int
+    evaluations: int
+
+
+def solve_linear_classifier(
+    classifier: nn.Conv2d,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    weight_decay: float = WEIGHT_DECAY,
+    max_iter: int = 2000,
+    tolerance_grad: float = 1e-6,
+    dtype: torch.dtype = torch.float64,
+) -> LinearSolve:
+    """Fit a 1x1 conv as a linear classifier on pixel features by minimising :func:`linear_objective` over the
+    whole sample set with L-BFGS (strong-Wolfe line search) until the largest gradient entry is below
+    ``tolerance_grad``; the result is written into ``classifier`` (its dtype kept).
+
+    Why this is the classifier that :func:`fit_linear_classifier`'s SGD run (minibatches of a fresh random
+    permutation, momentum, ``weight_decay`` on weight and bias) approaches: each minibatch gradient of the mean
+    cross-entropy plus the decay term is, over the permutation, an unbiased estimate of the gradient of
+    :func:`linear_objective` on all samples (every sample is equally likely to fall in every batch), so SGD with
+    or without momentum is stochastic gradient descent on that one objective. The objective is strictly convex
+    in (weight, bias): the cross-entropy of an affine map is convex and the L2 term with ``weight_decay > 0`` is
+    strongly convex, so it has exactly one minimiser and no other stationary point. SGD at a constant rate
+    drifts towards it and then jitters around it (a noise ball of size O(lr)) -- after 60 epochs from the
+    U[0, 1) initialisation it may still be on its way -- while this solve lands on it, independent of the
+    starting point, up to ``tolerance_grad``.
+
+    Args:
+        classifier: (F -> C) 1x1 conv; its current weights are the starting point only.
+        x: (N, F) features; y: (N,) labels in ``0..C-1`` (no ignore label).
+        weight_decay: the L2 coefficient (SGD's ``weight_decay``).
+        max_iter: most L-BFGS iterations; tolerance_grad: stop when ``max |gradient| <= tolerance_grad``.
+        dtype: the precision of the solve (float64: the gradient test is meaningful far below float32's noise).
+
+    Returns:
+        a :class:`LinearSolve`.
+    """
+    c, f = classifier.weight.shape[:2]
+    xd = x.detach().to(dtype)
+    yd = y.detach().to(xd.device)
+    weight = classifier.weight.detach().reshape(c, f).to(dtype).clone().requires_grad_(True)
+    bias = classifier.bias.detach().to(dtype).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        max_eval=2 * max_iter,
+        tolerance_grad=tolerance_grad,
+        tolerance_change=1e-14,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=False)
+        loss = linear_objective(weight, bias, xd, yd, weight_decay)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+        loss = closure()
+    grad_norm = torch.cat([weight.grad.flatten(), bias.grad]).norm().item()
+    state = opt.state[opt._params[0]]
+    with torch.no_grad():
+        classifier.weight.copy_(weight.reshape(classifier.weight.shape))
+        classifier.bias.copy_(bias)
+    return LinearSolve(loss.item(), grad_norm, int(state.get("n_iter", 0)), int(state.get("func_evals", 0)))
+
+
+@torch.no_grad()
+def full_batch_sgd(
+    classifier: nn.Conv2d,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = WEIGHT_DECAY,
+) -> float:
+    """``steps`` steps of torch's SGD (``momentum``, no dampening, ``weight_decay`` on weight and bias) on
+    :func:`linear_objective` with the gradient of the *whole* sample set, written out by hand (no autograd, no
+    conv: one matrix product each way per step), from ``classifier``'s current weights; written back into it.
+
+    This is the expected path of :func:`fit_linear_classifier`'s minibatch run with the same rate, momentum,
+    initialisation and number of steps: each minibatch gradient is an unbiased estimate of the full-batch one, so
+    the minibatch run is this path plus zero-mean noise (to first order in the noise). Unlike
+    :func:`solve_linear_classifier` it stops where the SGD run stops, which is not the optimum when that run has
+    not converged -- e.g. the refit's 60 epochs from the U[0, 1) initialisation.
+
+    Args:
+        classifier: (F -> C) 1x1 conv, the starting point.
+        x: (N, F) features; y: (N,) labels in ``0..C-1``.
+        steps: optimiser steps; lr, momentum, weight_decay: as :func:`classifier_optimizer`.
+
+    Returns:
+        :func:`linear_objective` after the last step.
+    """
+    c, f = classifier.weight.shape[:2]
+    xd = x.to(classifier.weight.dtype)
+    onehot = F.one_hot(y.to(xd.device), c).to(xd.dtype)
+    w = classifier.weight.reshape(c, f).clone()
+    b = classifier.bias.clone()
+    buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(b)
+    n = xd.shape[0]
+    for _ in range(steps):
+        r = (torch.addmm(b, xd, w.T).softmax(1) - onehot) / n  # d(mean CE)/d(logits)
+        g_w = torch.addmm(w, r.T, xd, beta=weight_decay)
+        g_b = r.sum(0).add_(b, alpha=weight_decay)
+        buf_w.mul_(momentum).add_(g_w)  # from zeros: the first step's buffer is its gradient, as in torch's SGD
+        buf_b.mul_(momentum).add_(g_b)
+        w.sub_(buf_w, alpha=lr)
+        b.sub_(buf_b, alpha=lr)
+    classifier.weight.copy_(w.reshape(classifier.weight.shape))
+    classifier.bias.copy_(b)
+    return linear_objective(w, b, xd, y.to(xd.device), weight_decay).item()
 
 
 #: ``make_fake(class id, real features (m, F) of that class in the image, image has unseen pixels)`` -> (m, F)

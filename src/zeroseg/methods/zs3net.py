@@ -38,6 +38,8 @@ and fit, the refit samples of :meth:`ZS3Predictor.set_classes`, the top-p % pseu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,8 @@ from tqdm import tqdm
 from zeroseg.config import ExperimentConfig, to_dict
 from zeroseg.data.io import Sample, SegmentationDataset, read_label_png
 from zeroseg.data.zero_shot import IGNORE, ZeroShotData, data_train_transform
+from zeroseg.engine.cache import TensorCache, cache_key, file_digest
+from zeroseg.engine.cache import cache_dir as engine_cache_dir
 from zeroseg.engine.checkpoint import (
     checkpoint_exists,
     checkpoint_path,
@@ -82,6 +86,7 @@ from zeroseg.generative import (
     feature_batches,
     fit_linear_classifier,
     frozen_features,
+    full_batch_sgd,
     generator_step,
     labels_at,
     official_classifier_loss,
@@ -92,6 +97,7 @@ from zeroseg.generative import (
     official_poly_lr,
     refit_samples,
     seen_pixel_sets,
+    solve_linear_classifier,
     strict_batch,
     top_percent_labels,
 )
@@ -103,6 +109,13 @@ from zeroseg.modules.mmd import mmd_loss
 from zeroseg.text import class_embeddings as text_class_embeddings
 
 STAGES = ("segmenter", "generator", "graph", "classifier", "selftrain")
+#: :meth:`ZS3Predictor.set_classes` solvers: the full-batch path of the SGD run's steps (default), the optimum of
+#: its objective, and the minibatch SGD run itself (docs/benchmarks.md, "Refit" compares them).
+REFIT_SOLVERS = ("gd", "lbfgs", "sgd")
+#: The refit solve stops when no gradient entry of the objective exceeds this.
+REFIT_TOLERANCE = 1e-6
+#: The refit cache's folder name under zeroseg's cache root (:func:`zeroseg.engine.cache.cache_dir`).
+REFIT_CACHE = "refit"
 #: The stages whose checkpoints :class:`ZS3Predictor` serves (ZS3Net, ZS5Net); ZS-MMD's rounds reuse it.
 FINAL_STAGES = ("classifier", "selftrain")
 _log = log
@@ -746,6 +759,26 @@ def run_stages(run: Run) -> RunResult:
 
 
 # --------------------------------------------------------------------------------------------- inference
+#: Multiply-adds of one pass over the refit samples (N x F x K) up to which the refit runs on one CPU thread.
+SMALL_REFIT_MACS = 1 << 26
+
+
+@contextmanager
+def _few_threads_when_small(macs: int) -> Iterator[None]:
+    """One intra-op thread for a refit of at most :data:`SMALL_REFIT_MACS` per pass on the CPU, the previous count
+    restored after: its matrix products (e.g. 1536 x 256 x 6) are too small to split, and on a shared machine
+    waiting for a second busy core made each of its few hundred steps several times slower (docs/benchmarks.md)."""
+    n = torch.get_num_threads()
+    if n == 1 or macs > SMALL_REFIT_MACS:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 class ZS3Predictor:
     """A trained ZS3Net/ZS5Net model loaded from a checkpoint, ready to label images.
 
@@ -778,16 +811,57 @@ class ZS3Predictor:
         self.bank_x = tensors.get("bank.features")
         self.bank_y = tensors.get("bank.labels")
         self.seen_names = [self.class_names[i] for i in meta["seen_ids"]]
+        self.checkpoint = checkpoint_path(checkpoint)
+        c = self.model.classifier
+        self._trained_classifier = (c.weight.detach().cpu().clone(), c.bias.detach().cpu().clone())
 
-    def set_classes(self, names: list[str], *, samples_per_class: int = 256, epochs: int = 60, seed: int = 0) -> None:
+    def set_classes(
+        self,
+        names: list[str],
+        *,
+        samples_per_class: int = 256,
+        epochs: int = 60,
+        seed: int = 0,
+        solver: str = "gd",
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         """Refit the 1x1 classifier for a new class list, without retraining the segmenter.
 
         Classes that were seen in training use their stored real features; any other name gets features
-        from the generator, conditioned on its embedding. ZS5Net checkpoints were fine-tuned for their own
-        class list, so only ZS3Net (``classifier`` stage) checkpoints accept a new one.
+        from the generator, conditioned on its embedding (:meth:`refit_weights`). ZS5Net checkpoints were
+        fine-tuned for their own class list, so only ZS3Net (``classifier`` stage) checkpoints accept a new one.
+        The checkpoint's own class list brings its trained classifier back.
+
+        A refit is kept in a bounded cache (:mod:`zeroseg.engine.cache`) keyed by the checkpoint file's content
+        hash, the class list, the text encoder, the seed, the solver and its options and the device type, so the
+        same call in a later process (another ``zeroseg predict``, a web request) reads it back instead of
+        refitting.
+
+        Args:
+            names: the new class list.
+            samples_per_class: generated features per name that was not seen in training.
+            epochs: SGD epochs (``solver="sgd"`` only).
+            seed: seeds the generated features (and SGD's initialisation and batches).
+            solver: ``"gd"`` (default): the SGD run's own steps (``epochs`` x batches of 256, lr 0.01, momentum
+                0.9, weight decay 5e-4, same initialisation) with the full-batch gradient
+                (:func:`~zeroseg.generative.full_batch_sgd`): the expected path of the minibatch run, which it
+                matches on 99.9 % of the benchmark's pixels; ``"lbfgs"``: the exact optimum of the same objective
+                (:func:`~zeroseg.generative.solve_linear_classifier`), which the 60-epoch run has not reached (it
+                labels 82-95 % of the pixels alike and lowers unseen-class IoU); ``"sgd"``: the minibatch run
+                itself (:func:`~zeroseg.generative.fit_linear_classifier`), kept for comparison.
+            cache: read and write the refit cache.
+            cache_dir: the cache's directory (default :data:`REFIT_CACHE` under ``$ZEROSEG_CACHE`` or
+                ``~/.cache/zeroseg``).
+
+        Raises:
+            ZeroSegError: a ZS5Net checkpoint, a checkpoint without generator/bank/encoder, or an unknown solver.
         """
         names = vocabulary(names)
         if tuple(names) == self.class_names:
+            return
+        if tuple(names) == tuple(self.meta["class_names"]):
+            self._install(*self._trained_classifier, names)
             return
         if self.meta["stage"] == "selftrain":
             raise ZeroSegError(
@@ -799,6 +873,51 @@ class ZS3Predictor:
                 "this checkpoint serves its own classes only (it has no generator, feature bank or text encoder); "
                 "import the official generator file with --generator and --encoder to segment other classes"
             )
+        if solver not in REFIT_SOLVERS:
+            raise ZeroSegError(f"refit solver {solver!r}: unknown (choose one of {', '.join(REFIT_SOLVERS)})")
+        options = {"samples_per_class": samples_per_class, "seed": seed, "solver": solver}
+        options.update({"tolerance_grad": REFIT_TOLERANCE} if solver == "lbfgs" else {"epochs": epochs})
+        store = key = None
+        if cache:
+            store, key = self._refit_cache(names, options, cache_dir)
+        if store is not None and key is not None:
+            shape = (len(names), self.model.classifier.in_channels)
+            dtype = self.model.classifier.weight.dtype
+            hit = store.get(key, {"weight": ((*shape, 1, 1), dtype), "bias": ((shape[0],), dtype)})
+            if hit is not None:
+                self._install(hit["weight"], hit["bias"], names)
+                return
+        weight, bias = self.refit_weights(
+            names, samples_per_class=samples_per_class, epochs=epochs, seed=seed, solver=solver
+        )
+        self._install(weight, bias, names)
+        if store is not None and key is not None:
+            try:
+                store.put(key, {"weight": weight, "bias": bias}, {"names": names, **options})
+            except OSError as e:  # an unwritable cache costs the next call a refit, nothing else
+                _log(f"[refit] cache not written ({e.strerror or e.__class__.__name__}): {store.directory}")
+
+    def refit_weights(
+        self, names: list[str], *, samples_per_class: int = 256, epochs: int = 60, seed: int = 0, solver: str = "gd"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compute (not install, not cache) the refitted classifier of ``names``; see :meth:`set_classes`. The
+        predictor keeps serving its current class list.
+
+        Returns:
+            weight: (K, F, 1, 1), bias: (K,) on the CPU, for the K names.
+        """
+        names = vocabulary(names)
+        current = self.model.classifier
+        n_samples = samples_per_class * len(names) + (0 if self.bank_x is None else self.bank_x.shape[0])
+        try:
+            with _few_threads_when_small(n_samples * current.in_channels * len(names)):
+                return self._refit_weights(names, samples_per_class, epochs, seed, solver)
+        finally:
+            self._install(current.weight.detach(), current.bias.detach(), self.class_names)
+
+    def _refit_weights(
+        self, names: list[str], samples_per_class: int, epochs: int, seed: int, solver: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(seed)
         emb = class_embeddings(self.meta["encoder"], tuple(names)).to(self.device)
         self.generator.train()  # dropout on while generating, as in training (see train_classifier)
@@ -813,27 +932,55 @@ class ZS3Predictor:
             emb,
             samples_per_class,
         )
-        self.model.reset_classifier(len(names))
-        self.model.classifier.to(self.device)
-
-        def batches():
-            perm = torch.randperm(x_all.shape[0])
-            for i in range(0, len(perm), 256):
-                j = perm[i : i + 256]
-                yield x_all[j], y_all[j]
-
-        fit_linear_classifier(
-            self.model.classifier,
-            batches,
-            epochs=epochs,
-            lr=0.01,
-            class_weight=None,
-            desc="refit",
-            progress=False,
-        )
-        self.model.eval()
         self.generator.eval()
+        self.model.reset_classifier(len(names))
+        classifier = self.model.classifier.to(self.device)
+        if solver == "gd":
+            steps = epochs * -(-x_all.shape[0] // 256)  # the SGD run's step count: 60 epochs of 256-sample batches
+            full_batch_sgd(classifier, x_all, y_all, steps=steps, lr=0.01)
+        elif solver == "sgd":
+
+            def batches():
+                perm = torch.randperm(x_all.shape[0])
+                for i in range(0, len(perm), 256):
+                    j = perm[i : i + 256]
+                    yield x_all[j], y_all[j]
+
+            fit_linear_classifier(
+                classifier, batches, epochs=epochs, lr=0.01, class_weight=None, desc="refit", progress=False
+            )
+        else:
+            solve_linear_classifier(classifier, x_all, y_all, tolerance_grad=REFIT_TOLERANCE)
+        self.model.eval()
+        return classifier.weight.detach().cpu().clone(), classifier.bias.detach().cpu().clone()
+
+    def _install(self, weight: torch.Tensor, bias: torch.Tensor, names: list[str] | tuple[str, ...]) -> None:
+        self.model.reset_classifier(len(names))
+        with torch.no_grad():
+            self.model.classifier.weight.copy_(weight)
+            self.model.classifier.bias.copy_(bias)
+        self.model.classifier.to(self.device)
+        self.model.eval()
         self.class_names = tuple(names)
+
+    def _refit_cache(
+        self, names: list[str], options: dict[str, Any], cache_dir: str | Path | None
+    ) -> tuple[TensorCache | None, str | None]:
+        """The refit cache and the key of this refit, or ``(None, None)`` when the checkpoint cannot be hashed."""
+        directory = Path(cache_dir) if cache_dir is not None else engine_cache_dir(REFIT_CACHE)
+        try:
+            digest = file_digest(self.checkpoint, directory)
+        except OSError:
+            return None, None
+        parts = {
+            "kind": "zs3net-refit/1",
+            "checkpoint": digest,
+            "names": list(names),
+            "encoder": self.meta["encoder"],
+            "device": self.device.type,
+            **options,
+        }
+        return TensorCache(directory), cache_key(parts)
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
