@@ -143,14 +143,14 @@ def parallel(model: nn.Module) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model)
 
 
-def _to_float(value: Any) -> Any:
-    """Outputs in fp32 (autocast produces bf16 logits); nested dicts and lists are converted throughout."""
+def float_outputs(value: Any) -> Any:
+    """Network outputs in fp32 for the loss (autocast produces bf16 logits); nested dicts and lists are walked."""
     if torch.is_tensor(value):
         return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
     if isinstance(value, dict):
-        return {k: _to_float(v) for k, v in value.items()}
+        return {k: float_outputs(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_to_float(v) for v in value)
+        return type(value)(float_outputs(v) for v in value)
     return value
 
 
@@ -230,11 +230,6 @@ def train_step(
     if scheduler is not None:
         scheduler.step()
     return value
-
-
-def float_outputs(outputs: Any) -> Any:
-    """Network outputs in fp32 for the loss (autocast's bf16/fp16 tensors converted; dicts and lists walked)."""
-    return _to_float(outputs)
 
 
 def pixel_loss(criterion: nn.Module, *, scale: float = 1.0) -> tuple[LossTerms, Normaliser]:
