@@ -23,6 +23,9 @@ Declared splits and where their class lists come from:
   as a class (the "PC-60" protocol).
 * ``synthetic`` -- the embedded benchmark: unseen red dotted, green checkered, blue striped, yellow checkered
   (:data:`zeroseg.data.synthetic.DEFAULT_UNSEEN`).
+* ``synthetic-heldout`` -- the tuning split of the embedded benchmark: unseen red striped, green dotted, blue
+  checkered, yellow striped (:data:`zeroseg.data.synthetic.HELDOUT_UNSEEN`, disjoint from ``synthetic``'s);
+  settings are chosen on it (with another data seed), so the ``synthetic`` numbers stay held out.
 
 A split speaks in *dataset label ids* (``Split.seen_label_ids`` / ``unseen_label_ids`` / ``ignored_label_ids``,
 indices of ``dataset_class_names``). How its unseen classes are kept out of training labels (the ``drop`` and
@@ -39,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from zeroseg.data.classes import DATASET_CLASSES, dataset_classes, resolve_class_name
-from zeroseg.data.synthetic import DEFAULT_UNSEEN
+from zeroseg.data.synthetic import DEFAULT_UNSEEN, HELDOUT_UNSEEN
 from zeroseg.errors import ZeroSegError
 
 
@@ -249,6 +252,7 @@ def _declare() -> dict[str, Split]:
     )
     splits.append(make_split("coco-stuff-156-15", "coco-stuff-171", _COCO_STUFF_UNSEEN_15))
     splits.append(make_split("synthetic", "synthetic", _SYNTHETIC_UNSEEN))
+    splits.append(make_split("synthetic-heldout", "synthetic", HELDOUT_UNSEEN))
     for dataset, names in DATASET_CLASSES.items():
         bg = _BACKGROUND.get(dataset)
         ignore = dataset == "voc"

@@ -55,6 +55,10 @@ STUFF: tuple[str, ...] = ("sky", "grass", "sand", "road")
 DEFAULT_COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 DEFAULT_PATTERNS: tuple[str, ...] = ("striped", "dotted", "checkered")
 DEFAULT_UNSEEN: tuple[str, ...] = ("red dotted", "green checkered", "blue striped", "yellow checkered")
+#: The tuning split's unseen classes: another transversal of colours x patterns (each colour and each pattern
+#: still has seen examples), disjoint from :data:`DEFAULT_UNSEEN`. Settings are chosen on this split, with
+#: images of another data seed, never on the default split's validation numbers.
+HELDOUT_UNSEEN: tuple[str, ...] = ("red striped", "green dotted", "blue checkered", "yellow striped")
 _SPLIT_SALT = {"train": 1, "val": 2, "test": 3}
 
 
