@@ -254,8 +254,12 @@ def test_grad_accum_is_exact_for_the_set_loss_with_uneven_mask_counts():
     torch.manual_seed(0)
     cfg = {**TINY_ZF, "backbone_norm": "frozen", "dropout": 0.0}
     model = ZegFormer(
-        text_dim=8, **{k: cfg[k] for k in ("backbone", "backbone_norm", "hidden_dim", "mask_dim", "num_queries")},
-        dec_layers=cfg["dec_layers"], nheads=cfg["nheads"], dim_feedforward=cfg["dim_feedforward"], dropout=0.0,
+        text_dim=8,
+        **{k: cfg[k] for k in ("backbone", "backbone_norm", "hidden_dim", "mask_dim", "num_queries")},
+        dec_layers=cfg["dec_layers"],
+        nheads=cfg["nheads"],
+        dim_feedforward=cfg["dim_feedforward"],
+        dropout=0.0,
     ).train()
     labels = torch.full((4, 32, 32), 255)
     labels[0, :10], labels[0, 10:20], labels[0, 20:] = 0, 1, 2  # 3 masks
@@ -282,3 +286,42 @@ def test_grad_accum_is_exact_for_the_set_loss_with_uneven_mask_counts():
     scale = max(float(g.abs().max()) for g in full_grads.values())
     for name, g in full_grads.items():  # float32 sums in another order: differences ~1e-6 of the largest gradient
         torch.testing.assert_close(accum_grads[name], g, rtol=1e-4, atol=1e-6 * scale, msg=name)
+
+
+def test_train_from_equals_training_the_unseen_only_control(tiny_config):
+    """Inductive training embeds only the seen names: the unseen-only-random control trained from scratch has the
+    real run's weights bit for bit, and ``train_from`` (no training) gives the same checkpoint and metrics."""
+    from zeroseg.text import unseen_random_spec
+
+    path = _tiny_zegformer(tiny_config)
+    real = zegformer.train(load_config(path), progress=False)
+    unseen = ["red dotted", "green checkered", "blue striped", "yellow checkered"]
+    spec = unseen_random_spec("glove-6b-50d", unseen, 7)
+    trained = zegformer.train(load_config(path, ["name=ctrl_trained", f"text.encoder={spec}"]), progress=False)
+    shortcut = zegformer.train_from(
+        load_config(path, ["name=ctrl_eval", f"text.encoder={spec}"]), real.checkpoint, progress=False
+    )
+    ref, _ = load_checkpoint(real.checkpoint)
+    got_trained, _ = load_checkpoint(trained.checkpoint)
+    got, meta = load_checkpoint(shortcut.checkpoint)
+    for k, v in ref.items():
+        if k.startswith("model."):
+            assert torch.equal(got_trained[k], v), k  # the premise: training is the real run's
+            assert torch.equal(got[k], v), k
+    assert torch.equal(got["text.eval"], got_trained["text.eval"]) and not torch.equal(
+        got["text.eval"], ref["text.eval"]
+    )
+    assert meta["trained_in"] == str(real.checkpoint) and meta["encoder"] == spec
+    for key in ("seen_miou", "unseen_miou", "hiou"):
+        assert shortcut.stages["zegformer"][key] == trained.stages["zegformer"][key]
+
+
+def test_train_from_refuses_a_run_whose_training_differs(tiny_config):
+    path = _tiny_zegformer(tiny_config)
+    real = zegformer.train(load_config(path), progress=False)
+    with pytest.raises(ZeroSegError, match="the seen-class embeddings"):  # all names random: seen ones differ too
+        zegformer.train_from(
+            load_config(path, ["name=c1", "text.encoder=random:50:0"]), real.checkpoint, progress=False
+        )
+    with pytest.raises(ZeroSegError, match=r"\(seed\)"):
+        zegformer.train_from(load_config(path, ["name=c2", "seed=5"]), real.checkpoint, progress=False)

@@ -17,8 +17,10 @@ Per seed, on the synthetic benchmark (generated on first use):
 - ``--method zs_mmd`` (or ``zs-mmd``): the ZS3Net runs of the same seeds (reused when ``OUT`` already holds them,
   trained otherwise), then the ZS-MMD recursion on ZS3Net and on each control, starting from copies of their
   segmenter, generator and classifier checkpoints (round 0 *is* that ZS3Net run).
-- ``--method zegformer``: ZegFormer with GloVe and with each control's embeddings (three trainings: the text
-  embeddings are used in training).
+- ``--method zegformer``: ZegFormer with GloVe and its all-random control (two trainings: the seen names'
+  embeddings are used in training), and the unseen-only control: the real run's network evaluated with random
+  unseen names (inductive training embeds only the seen names, so training that control would recompute the
+  real run bit for bit; :func:`zeroseg.methods.zegformer.train_from` checks it).
 - ``--method all``: all of the above, one comparison report.
 
 New runs are appended after the existing ones of each seed, so the numbers of earlier runs do not move.
@@ -323,11 +325,22 @@ def _zs_mmd_seed(out: Path, seed: int, quick: bool, progress: bool) -> list[dict
 
 
 def _zegformer_seed(out: Path, seed: int, quick: bool, progress: bool) -> list[dict]:
-    """ZegFormer and its controls, trained separately (the text embeddings are used in training)."""
+    """ZegFormer and its all-random control, each trained (training embeds the seen names, which that control
+    replaces), and the unseen-only control: the real run's network with random unseen names. Training embeds only
+    the seen names, which that control keeps, so training it would recompute the real run bit for bit
+    (:func:`zeroseg.methods.zegformer.train_from` checks that and evaluates the trained network instead)."""
+    from zeroseg.methods.zegformer import train_from
+
     rows = []
+    real = demo_config(out, seed, quick=quick, method="zegformer")
     for key in (None, *CONTROLS):
         cfg = demo_config(out, seed, quick=quick, control=key or False, method="zegformer")
-        res = _train(cfg, progress)
+        if key == "unseen":
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            with recorded_losses(cfg.run_dir):
+                res = train_from(cfg, real.run_dir / "zegformer", progress=progress)
+        else:
+            res = _train(cfg, progress)
         name = "ZegFormer (GloVe)" if key is None else control_name("ZegFormer", key)
         rows.append(_row(name, seed, res.stages["zegformer"], res.wall_s,
                          model="ZegFormer", variant=key or "real", run=cfg.run_dir, stage="zegformer"))  # fmt: skip

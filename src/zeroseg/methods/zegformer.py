@@ -29,6 +29,7 @@ The final checkpoint is ``<run>/zegformer.safetensors`` + ``.json``; ``zeroseg e
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ from zeroseg.engine.checkpoint import (
 from zeroseg.engine.distributed import broadcast_state, is_main, maybe_sync_batchnorm, world_size
 from zeroseg.engine.evaluator import evaluate_predictor
 from zeroseg.engine.loaders import infinite_batches, training_loader
-from zeroseg.engine.run import Run, RunResult, join, log, prepare_data, start_run
+from zeroseg.engine.run import Run, RunResult, join, log, prepare_data, read_metrics, start_run
 from zeroseg.engine.train import check_engine_config, float_outputs, parallel, poly_lambda, split_batch, train_step
 from zeroseg.errors import ZeroSegError
 from zeroseg.methods.predict import vocabulary
@@ -103,9 +104,7 @@ class InferenceOptions:
 
 
 # --------------------------------------------------------------------------------------------- pieces
-def text_embeddings(
-    encoder: str, class_names: Sequence[str], templates: str, style: str = "natural"
-) -> torch.Tensor:
+def text_embeddings(encoder: str, class_names: Sequence[str], templates: str, style: str = "natural") -> torch.Tensor:
     """``(C, D)`` L2-normalised class embeddings; CLIP encoders use the prompt-template set ``templates``.
 
     Word-vector and other encoders ignore ``templates`` (ZegFormer's word-vector variant uses none either).
@@ -337,6 +336,59 @@ def _train(run: Run) -> RunResult:
         # The resume state (weights + AdamW moments) is not needed once the final checkpoint exists.
         checkpoint_path(run.dir / f"{STAGE}_last").unlink(missing_ok=True)
     return run.result(path)
+
+
+def train_from(cfg: ExperimentConfig, source: str | Path, *, progress: bool = True) -> RunResult:
+    """Run ``cfg`` as a ZegFormer run whose training is ``source``'s, without training again.
+
+    Under the inductive protocol training embeds only the *seen* class names (``text.train``): a run whose encoder
+    gives the same seen embeddings as ``source``'s -- e.g. the unseen-only-random control, which replaces only the
+    unseen names -- would recompute ``source``'s training bit for bit (same seed, data and schedule). This writes
+    that run directly: ``source``'s network, ``cfg``'s evaluation vocabulary (``text.eval``), evaluated and
+    checkpointed like a trained run, with ``trained_in`` naming ``source`` in its metadata.
+
+    Args:
+        cfg: the run to write (its ``text.encoder`` embeds the evaluation vocabulary).
+        source: ``<run>/zegformer`` checkpoint of the run that was trained.
+
+    Raises:
+        ZeroSegError: ``source`` is not a ZegFormer checkpoint, or its training differs from what ``cfg`` would
+            train: another seen-class embedding, seed, data or ZegFormer setting.
+    """
+    tensors, src_meta = load_checkpoint(source)
+    if src_meta.get("method") != "zegformer" or "text.train" not in tensors:
+        raise ZeroSegError(f"{checkpoint_path(source)}: not a ZegFormer checkpoint with text.train")
+    with start_run(cfg, progress=progress) as run:
+        cfg = run.cfg
+        data = run.data()
+        if run.done(STAGE):
+            _log("[zegformer] complete checkpoint found, skipping")
+            return run.result(STAGE)
+        seen_names = [data.class_names[i] for i in data.seen_ids]
+        style = cfg.text.class_name_style
+        train_text = text_embeddings(cfg.text.encoder, seen_names, cfg.zegformer.train_templates, style)
+        src_cfg = src_meta.get("config", {})
+        mine = json.loads(json.dumps(to_dict(cfg)))  # the form the source's metadata was stored in
+        differs = [k for k in ("seed", "data", "zegformer", "engine") if src_cfg.get(k) != mine.get(k)]
+        if train_text.shape != tensors["text.train"].shape or not torch.equal(train_text, tensors["text.train"]):
+            differs.append("the seen-class embeddings")
+        if differs:
+            raise ZeroSegError(
+                f"{checkpoint_path(source)}: its training differs from this run's ({', '.join(differs)}); "
+                f"train {cfg.name} instead"
+            )
+        eval_text = text_embeddings(cfg.text.encoder, data.class_names, cfg.zegformer.test_templates, style)
+        model = build_model(cfg, train_text.shape[1])
+        load_into(model, unprefixed(tensors, "model."), source, "the network")
+        meta = {**checkpoint_meta(cfg, data, train_text.shape[1]), "trained_in": str(checkpoint_path(source))}
+        predictor = ZegFormerPredictor(model.to(run.device), meta, eval_text, device=cfg.device)
+        metrics = evaluate_predictor(predictor.labels, data, cfg.data, device=predictor.device, progress=progress)
+        metrics["loss_history"] = (
+            read_metrics(Path(source).parent / "metrics.json").get(STAGE, {}).get("loss_history", [])
+        )
+        metrics["trained_in"] = str(checkpoint_path(source))
+        out = {**prefixed(model.state_dict(), "model."), "text.eval": eval_text, "text.train": train_text}
+        return run.result(run.finish_stage(STAGE, out, meta, metrics))
 
 
 # --------------------------------------------------------------------------------------------- inference
