@@ -186,7 +186,8 @@ def build_zero_shot_data(cfg: DataConfig, *, progress: bool = True, train: bool 
     on_disk = tuple(get_reader(reader).class_names(Path(cfg.root)))
     if on_disk != ds_classes:
         detail = (
-            "the same classes in another order" if sorted(on_disk) == sorted(ds_classes)
+            "the same classes in another order"
+            if sorted(on_disk) == sorted(ds_classes)
             else f"{len(on_disk)} classes ({', '.join(on_disk[:3])}, ...)"
         )
         raise ZeroSegError(

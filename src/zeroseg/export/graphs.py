@@ -6,7 +6,8 @@ returns ``(scores (B, C, H, W) float, labels (B, H, W) int64)`` with ``labels = 
 * :class:`ZS3Graph` -- DeepLabV3+ with the classifier the predictor holds (refit for the vocabulary by
   ``ZS3Predictor.set_classes``); ``scores`` are its logits upsampled to the input size (before the softmax:
   the softmax does not change the argmax, and logits are what the parity tests compare).
-* :class:`ZegFormerGraph` -- :meth:`ZegFormerPredictor.scores` step by step: test-time resize, zero padding to a
+* :class:`ZegFormerGraph` -- :meth:`ZegFormerPredictor.scores` with traceable padding and resizing around the same
+  core (:func:`~zeroseg.methods.zegformer.padded_scores`): test-time resize, zero padding to a
   multiple of 32, the segment network with the vocabulary's text embeddings as a constant, semantic inference
   (optionally fused with the CLIP image branch), crop, resize back, seen-class calibration; ``scores`` are the
   calibrated semantic scores.
@@ -27,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroseg.errors import ZeroSegError
+from zeroseg.methods.zegformer import padded_scores
 from zeroseg.modules.zegformer import SIZE_DIVISIBILITY
-from zeroseg.modules.zegformer_head import semantic_inference
 
 
 def pad_traceable(images: torch.Tensor, multiple: int = SIZE_DIVISIBILITY) -> torch.Tensor:
@@ -109,8 +110,7 @@ class ZegFormerGraph(nn.Module):
         self.clip = predictor.clip
         self.seen_ids = list(predictor.seen_ids)
         self.unseen_ids = list(predictor.unseen_ids)
-        self.ensemble = o.ensemble
-        self.ensemble_lambda = o.ensemble_lambda
+        self.options = o  # padded_scores reads the ensembling options
         if self.clip is not None:
             c = self.clip
             if getattr(c, "mode", None) == "pool" or c.skip_empty or c.skip_no_object is not None:
@@ -125,29 +125,7 @@ class ZegFormerGraph(nn.Module):
         if self.network_size is not None:
             images = torch.einsum("nh,bchw,mw->bcnm", self.resize_h, images, self.resize_w)
         resized = images.shape[-2:]
-        padded = pad_traceable(images)
-        out = self.model(padded, self.text)
-        masks = F.interpolate(out["pred_masks"], size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        if self.clip is None:
-            sem = semantic_inference(out["pred_logits"], masks)
-        else:
-            from zeroseg.modules.clip_branch import fuse_scores, fused_semantic_inference, imagenet_to_clip
-
-            clip_images = pad_traceable(imagenet_to_clip(images))
-            clip_logits, encoded = self.clip.classify(clip_images, masks, out["pred_logits"], self.clip_text)
-            if self.ensemble == "none":
-                sem = semantic_inference(clip_logits, masks)
-            else:
-                fused = fuse_scores(
-                    out["pred_logits"],
-                    clip_logits,
-                    encoded,
-                    self.seen_ids,
-                    self.unseen_ids,
-                    lam=self.ensemble_lambda,
-                    all_classes=self.ensemble == "all_classes",
-                )
-                sem = fused_semantic_inference(fused, masks, self.seen_ids)
+        sem = padded_scores(self, images, pad_traceable)
         sem = sem[..., : resized[0], : resized[1]]
         if self.network_size is not None:
             sem = F.interpolate(sem, size=(h, w), mode="bilinear", align_corners=False)

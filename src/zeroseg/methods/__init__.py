@@ -45,7 +45,10 @@ METHODS: dict[str, Method] = {
     "zs3net": Method("zs3net", zs3net.train, zs3net.ZS3Predictor, zs3net.evaluate_checkpoint, zs3net.FINAL_STAGES),
     "zs_mmd": Method("zs_mmd", zs_mmd.train, zs3net.ZS3Predictor, zs3net.evaluate_checkpoint, (zs_mmd.STAGE,)),
     "zegformer": Method(
-        "zegformer", zegformer.train, zegformer.ZegFormerPredictor.from_checkpoint, zegformer.evaluate_checkpoint,
+        "zegformer",
+        zegformer.train,
+        zegformer.ZegFormerPredictor.from_checkpoint,
+        zegformer.evaluate_checkpoint,
         (zegformer.STAGE,),
     ),
 }

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -392,6 +392,45 @@ def train_from(cfg: ExperimentConfig, source: str | Path, *, progress: bool = Tr
 
 
 # --------------------------------------------------------------------------------------------- inference
+def padded_scores(predictor: Any, images: torch.Tensor, pad: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Per-class scores on the padded canvas: the one inference core of :meth:`ZegFormerPredictor.scores` and the
+    ONNX graph (:class:`zeroseg.export.graphs.ZegFormerGraph`), which differ only in how they pad and resize.
+
+    Args:
+        predictor: anything with the predictor's ``model``, ``text``, ``clip``, ``clip_text``, ``seen_ids``,
+            ``unseen_ids`` and ``options.ensemble`` / ``options.ensemble_lambda``.
+        images: ``(B, 3, h, w)`` ImageNet-normalised images at the network's size.
+        pad: zero-pads ``(B, 3, h, w)`` to a multiple of 32 (bottom and right).
+
+    Returns:
+        ``(B, C, H', W')`` scores on the padded canvas (the caller crops ``[:h, :w]``): semantic inference, or with
+        a CLIP branch its fused form (the CLIP branch sees the image CLIP-normalised first and padded after).
+    """
+    padded = pad(images)
+    out = predictor.model(padded, predictor.text)
+    masks = F.interpolate(out["pred_masks"], size=padded.shape[-2:], mode="bilinear", align_corners=False)
+    if predictor.clip is None:
+        return semantic_inference(out["pred_logits"], masks)
+    from zeroseg.modules.clip_branch import fuse_scores, fused_semantic_inference, imagenet_to_clip
+
+    o = predictor.options
+    clip_logits, encoded = predictor.clip.classify(pad(imagenet_to_clip(images)), masks, out["pred_logits"],
+                                                   predictor.clip_text)  # fmt: skip
+    if o.ensemble == "none":
+        # CLIP_CLASSIFICATION without ENSEMBLING(_ALL_CLS): the CLIP logits replace the segment logits.
+        return semantic_inference(clip_logits, masks)
+    fused = fuse_scores(
+        out["pred_logits"],
+        clip_logits,
+        encoded,
+        predictor.seen_ids,
+        predictor.unseen_ids,
+        lam=o.ensemble_lambda,
+        all_classes=o.ensemble == "all_classes",
+    )
+    return fused_semantic_inference(fused, masks, predictor.seen_ids)
+
+
 class ZegFormerPredictor:
     """A trained ZegFormer, ready to segment images with its own or any other vocabulary: padding, semantic
     inference, the optional CLIP image branch and its fusion, and the seen-score calibration, in one place that
@@ -511,30 +550,7 @@ class ZegFormerPredictor:
         size = self.network_size(h, w)
         if size != (h, w):
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-        padded = pad_to_multiple(images)
-        out = self.model(padded, self.text)
-        masks = F.interpolate(out["pred_masks"], size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        if self.clip is None:
-            sem = semantic_inference(out["pred_logits"], masks)
-        else:
-            from zeroseg.modules.clip_branch import fuse_scores, fused_semantic_inference, imagenet_to_clip
-
-            clip_images = pad_to_multiple(imagenet_to_clip(images))
-            clip_logits, encoded = self.clip.classify(clip_images, masks, out["pred_logits"], self.clip_text)
-            if self.options.ensemble == "none":
-                # CLIP_CLASSIFICATION without ENSEMBLING(_ALL_CLS): the CLIP logits replace the segment logits.
-                sem = semantic_inference(clip_logits, masks)
-            else:
-                fused = fuse_scores(
-                    out["pred_logits"],
-                    clip_logits,
-                    encoded,
-                    self.seen_ids,
-                    self.unseen_ids,
-                    lam=self.options.ensemble_lambda,
-                    all_classes=self.options.ensemble == "all_classes",
-                )
-                sem = fused_semantic_inference(fused, masks, self.seen_ids)
+        sem = padded_scores(self, images, pad_to_multiple)
         sem = sem[..., : size[0], : size[1]]
         if size != (h, w):
             sem = F.interpolate(sem, size=(h, w), mode="bilinear", align_corners=False)

@@ -127,8 +127,6 @@ def class_embeddings(encoder_spec: str, class_names: tuple[str, ...]) -> torch.T
     return text_class_embeddings(encoder_spec, class_names)
 
 
-
-
 def build_segmenter(cfg: ExperimentConfig, num_classes: int) -> DeepLabV3Plus:
     """DeepLabv3+ of ``cfg.segmenter``, its backbone initialised from ``segmenter.pretrained`` when set."""
     return DeepLabV3Plus(**cfg.segmenter.model_kwargs(num_classes), pretrained_backbone=cfg.segmenter.pretrained)

@@ -70,7 +70,9 @@ def download(
         reason = getattr(e, "reason", e)
         raise ZeroSegError(
             f"{url}: cannot download ({reason}); offline? copy the file here by hand, then run `zeroseg weights "
-            f"import`; partial data kept in {part}" if part.is_file() else f"{url}: cannot download ({reason})"
+            f"import`; partial data kept in {part}"
+            if part.is_file()
+            else f"{url}: cannot download ({reason})"
         ) from None
     digest = _sha256(part)
     _verify(part, part.stat().st_size, digest, size, sha256, remove=True)

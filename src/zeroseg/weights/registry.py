@@ -57,34 +57,59 @@ _CONTEXT_GC = {2: (41.5, 30.0), 4: (37.4, 24.0), 6: (31.9, 21.9), 8: (26.4, 19.1
 def _zs3() -> list[Release]:
     out: list[Release] = []
     for k in (2, 4, 6, 8, 10):
-        out.append(Release(
-            f"zs3net-voc-k{k}", "zs3net", f"voc-zs3-k{k}",
-            f"{_ZS3_V01}/deeplab_pascal_voc_{k:02d}_unseen_GMMN_final.pth.tar",
-            f"deeplab_pascal_voc_{k:02d}_unseen_GMMN_final.pth.tar", paper=_h(*_VOC[k]),
-            note="segmenter + retrained classifier; official protocol; VOC 2012 val, 21 classes",
-        ))
-        out.append(Release(
-            f"zs3net-voc-k{k}-segmenter", "zs3net", f"voc-zs3-k{k}",
-            f"{_ZS3_V01}/deeplab_pretrained_pascal_voc_{k:02d}_unseen.pth.tar",
-            f"deeplab_pretrained_pascal_voc_{k:02d}_unseen.pth.tar", note="seen-only DeepLabv3+ (stage 1)",
-        ))
-        out.append(Release(
-            f"zs3net-context-k{k}", "zs3net", f"context-zs3-k{k}",
-            f"{_ZS3_V02}/deeplab_pascal_context_{k:02d}_unseen_GMMN_final.pth.tar",
-            f"deeplab_pascal_context_{k:02d}_unseen_GMMN_final.pth.tar", paper=_h(*_CONTEXT[k]),
-            note="segmenter + retrained classifier; official protocol; Pascal-Context val, 60 classes",
-        ))
-        out.append(Release(
-            f"zs3net-gc-context-k{k}", "zs3net", f"context-zs3-k{k}",
-            f"{_ZS3_V02}/deeplab_pascal_context_{k:02d}_unseen_GMMN_GC_final.pth.tar",
-            f"deeplab_pascal_context_{k:02d}_unseen_GMMN_GC_final.pth.tar", paper=_h(*_CONTEXT_GC[k]),
-            note="ZS3Net-GC (graph context); official protocol; Pascal-Context val",
-        ))
-        out.append(Release(
-            f"zs3net-context-k{k}-segmenter", "zs3net", f"context-zs3-k{k}",
-            f"{_ZS3_V02}/deeplab_pretrained_pascal_context_{k:02d}_unseen.pth.tar",
-            f"deeplab_pretrained_pascal_context_{k:02d}_unseen.pth.tar", note="seen-only DeepLabv3+ (stage 1)",
-        ))
+        out.append(
+            Release(
+                f"zs3net-voc-k{k}",
+                "zs3net",
+                f"voc-zs3-k{k}",
+                f"{_ZS3_V01}/deeplab_pascal_voc_{k:02d}_unseen_GMMN_final.pth.tar",
+                f"deeplab_pascal_voc_{k:02d}_unseen_GMMN_final.pth.tar",
+                paper=_h(*_VOC[k]),
+                note="segmenter + retrained classifier; official protocol; VOC 2012 val, 21 classes",
+            )
+        )
+        out.append(
+            Release(
+                f"zs3net-voc-k{k}-segmenter",
+                "zs3net",
+                f"voc-zs3-k{k}",
+                f"{_ZS3_V01}/deeplab_pretrained_pascal_voc_{k:02d}_unseen.pth.tar",
+                f"deeplab_pretrained_pascal_voc_{k:02d}_unseen.pth.tar",
+                note="seen-only DeepLabv3+ (stage 1)",
+            )
+        )
+        out.append(
+            Release(
+                f"zs3net-context-k{k}",
+                "zs3net",
+                f"context-zs3-k{k}",
+                f"{_ZS3_V02}/deeplab_pascal_context_{k:02d}_unseen_GMMN_final.pth.tar",
+                f"deeplab_pascal_context_{k:02d}_unseen_GMMN_final.pth.tar",
+                paper=_h(*_CONTEXT[k]),
+                note="segmenter + retrained classifier; official protocol; Pascal-Context val, 60 classes",
+            )
+        )
+        out.append(
+            Release(
+                f"zs3net-gc-context-k{k}",
+                "zs3net",
+                f"context-zs3-k{k}",
+                f"{_ZS3_V02}/deeplab_pascal_context_{k:02d}_unseen_GMMN_GC_final.pth.tar",
+                f"deeplab_pascal_context_{k:02d}_unseen_GMMN_GC_final.pth.tar",
+                paper=_h(*_CONTEXT_GC[k]),
+                note="ZS3Net-GC (graph context); official protocol; Pascal-Context val",
+            )
+        )
+        out.append(
+            Release(
+                f"zs3net-context-k{k}-segmenter",
+                "zs3net",
+                f"context-zs3-k{k}",
+                f"{_ZS3_V02}/deeplab_pretrained_pascal_context_{k:02d}_unseen.pth.tar",
+                f"deeplab_pretrained_pascal_context_{k:02d}_unseen.pth.tar",
+                note="seen-only DeepLabv3+ (stage 1)",
+            )
+        )
     out += [
         Release("zs3-resnet101-imagenet-wo-voc", "backbone", "",
                 f"{_ZS3_V01}/resnet_backbone_pretrained_imagenet_wo_pascalvoc.pth.tar",

@@ -153,9 +153,7 @@ def import_zs3net(
     if pred is None:
         raise ZeroSegError(f"{ckpt_path}: no decoder.pred_conv.weight; not a valeoai/ZS3 DeepLab checkpoint")
     if pred.shape[0] != len(names):
-        raise ZeroSegError(
-            f"{ckpt_path}: the classifier has {pred.shape[0]} classes, split {sp.name} has {len(names)}"
-        )
+        raise ZeroSegError(f"{ckpt_path}: the classifier has {pred.shape[0]} classes, split {sp.name} has {len(names)}")
     layer3 = {int(k.split(".")[2]) for k in source if k.startswith("backbone.layer3.")}
     depth = {23: "resnet101", 6: "resnet50"}.get(len(layer3))
     if depth is None:
@@ -163,9 +161,7 @@ def import_zs3net(
     seg_kwargs = {"num_classes": len(names), "backbone": depth, "output_stride": output_stride}
     model = DeepLabV3Plus(**seg_kwargs)
     target = model.state_dict()
-    seg_state, _ = map_state(
-        source, deeplab_key, target, where=str(ckpt_path), fill=_batchnorm_counters(target)
-    )
+    seg_state, _ = map_state(source, deeplab_key, target, where=str(ckpt_path), fill=_batchnorm_counters(target))
     model.load_state_dict(seg_state)
     files = [_info(raw, ckpt_path, "segmenter")]
     tensors = prefixed(seg_state, "segmenter.")
@@ -178,8 +174,14 @@ def import_zs3net(
         emb = read_embeddings(embeddings)
         if emb.shape[0] != len(names):
             raise ZeroSegError(f"{embeddings}: {emb.shape[0]} class embeddings, split {sp.name} has {len(names)}")
-        files.append({"role": "embeddings", "file": str(embeddings), "name": Path(embeddings).name,
-                      "sha256": sha256_file(embeddings)})
+        files.append(
+            {
+                "role": "embeddings",
+                "file": str(embeddings),
+                "name": Path(embeddings).name,
+                "sha256": sha256_file(embeddings),
+            }
+        )
     elif encoder is not None:
         from zeroseg.methods.zs3net import class_embeddings
 

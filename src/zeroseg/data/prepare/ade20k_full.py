@@ -40,6 +40,7 @@ MAX_SIZE = 512
 # Largest class-mask value: R // 10 <= 25 for uint8 R.
 _MASK_RANGE = (255 // 10) * 256 + 256
 
+
 def load_index(path: Path) -> dict[str, Any]:
     """Read ``index_ade20k.pkl`` with a restricted unpickler (never plain ``pickle.load``).
 
