@@ -90,6 +90,8 @@ def openai_file(tmp_path_factory):
     torch.manual_seed(0)
     model = open_clip.CLIP(**CFG).eval()
     _randomize(model, 1)
+    for block in model.transformer.resblocks:  # OpenAI's ResidualAttentionBlock keeps its own causal mask
+        block.register_buffer("attn_mask", model.attn_mask.clone(), persistent=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notices
         traced = torch.jit.trace(_OpenAIStyle(model), (_images(), TOKENS), check_trace=False)
@@ -110,6 +112,7 @@ def test_openai_torchscript_archive_is_read_without_jit_and_matches_the_model(op
 
     tree = read_torchscript(path)
     assert tree["input_resolution"].item() == IMAGE and tree["attn_mask"].shape == (CONTEXT, CONTEXT)
+    assert tree["transformer.resblocks.1.attn_mask"].shape == (CONTEXT, CONTEXT)
     state, layout = read_clip(path)
     assert layout == "openai-torchscript"
     expected = model.state_dict()
