@@ -275,6 +275,14 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights_convert_clip(args: argparse.Namespace) -> int:
+    from zeroseg.weights.clip import write_clip_safetensors
+
+    out, layout, count = write_clip_safetensors(args.input, args.out)
+    print(f"read {args.input} ({layout}); wrote {out} ({count} tensors, open_clip names)")
+    return 0
+
+
 def cmd_weights_list(args: argparse.Namespace) -> int:
     from zeroseg.weights.registry import RELEASES
 
@@ -458,12 +466,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--generator", help="zs3net: official generator_* file (GMMN, + GCN for -GC models)")
     c.add_argument("--encoder", help="zs3net: text encoder for new class names (word2vec:<GoogleNews .bin>)")
     c.add_argument("--embeddings", help="zs3net: official class embeddings (.pkl / .npy)")
-    c.add_argument("--clip", help="zegformer: CLIP ViT-B/16 weights (.safetensors or weights-only .pt)")
+    c.add_argument("--clip", help="zegformer: CLIP ViT-B/16 weights (open_clip, OpenAI .pt or Hugging Face)")
     c.add_argument("--clip-model", default="ViT-B-16", help="zegformer: open_clip model name or config .json")
     c.add_argument("--test-templates", default="single", help="zegformer: prompt templates at inference")
     c.add_argument("--train-templates", help="zegformer: prompt templates of training (COCO: imagenet_select)")
     c.add_argument("--no-clip-image", action="store_true", help="zegformer: no CLIP image branch at inference")
     c.set_defaults(func=cmd_weights_import)
+    c = wsub.add_parser("convert-clip", help="CLIP weights (OpenAI .pt / Hugging Face) -> open_clip safetensors")
+    c.add_argument("input", help="OpenAI .pt, Hugging Face model.safetensors / pytorch_model.bin / folder")
+    c.add_argument("--out", required=True, help="output .safetensors file")
+    c.set_defaults(func=cmd_weights_convert_clip)
     c = wsub.add_parser("list", help="the released weights zeroseg knows, with the paper numbers")
     c.add_argument("--json", action="store_true", help="JSON output")
     c.set_defaults(func=cmd_weights_list)

@@ -7,16 +7,18 @@ Spec: ``clip:<model>:<checkpoint>``
   (``{"embed_dim": ..., "vision_cfg": {...}, "text_cfg": {...}}``) or an ``open_clip_config.json`` with a
   ``"model_cfg"`` key. The model part must not contain ``:``; everything after the second ``:`` is the
   checkpoint path.
-* ``<checkpoint>`` is a local weights file: ``.safetensors`` (preferred), or a ``torch.save`` file (``.pt``,
-  ``.pth``, ``.bin``) holding a state dict or open_clip's training checkpoint ``{"state_dict": ...,
-  "epoch": ..., ...}`` (a ``module.`` prefix from DistributedDataParallel is stripped).
+* ``<checkpoint>`` is a local CLIP weights file in any layout :func:`zeroseg.weights.clip.convert_clip` reads:
+  open_clip names (``.safetensors``, or a weights-only ``torch.save`` state dict / open_clip training checkpoint
+  ``{"state_dict": ..., "epoch": ...}``; a ``module.`` prefix is stripped), OpenAI's released TorchScript ``.pt``
+  (e.g. ``ViT-B-16.pt``; build it as ``ViT-B-16-quickgelu``, OpenAI's models use QuickGELU), or a Hugging Face
+  ``transformers`` CLIP (``model.safetensors`` / ``pytorch_model.bin`` or the folder holding it).
 
 Safety: the checkpoint is never unpickled with arbitrary code. safetensors files are read with
-``safetensors.torch.load_file``; other files with ``torch.load(weights_only=True)``, which refuses pickled
-objects that are not tensors or plain containers (and therefore refuses OpenAI's TorchScript archives --
-convert those to safetensors first). The weights are then put into a freshly built model with
-``load_state_dict(strict=True)``; nothing is downloaded (built-in configs ship with open_clip, pretrained
-tower weights are switched off, Hugging Face text towers and tokenizers are refused).
+``safetensors.torch.load_file``; ``torch.save`` files with ``torch.load(weights_only=True)``, which refuses pickled
+objects that are not tensors or plain containers; TorchScript archives are never ``torch.jit.load``-ed: their
+module tree is read by the project's restricted unpickler (:mod:`zeroseg.safe_pickle`). The weights are then put
+into a freshly built model with ``load_state_dict(strict=True)``; nothing is downloaded (built-in configs ship with
+open_clip, pretrained tower weights are switched off, Hugging Face text towers and tokenizers are refused).
 
 Embedding: for a class with synonyms S and templates T, the |T| x |S| texts are encoded, each L2-normalised,
 averaged and the mean L2-normalised (ZegFormer's ``zeroshot_classifier``; open_clip's
@@ -38,9 +40,9 @@ import torch
 from zeroseg.errors import ZeroSegError
 from zeroseg.text.base import TextEncoder, mean_of_normalized
 from zeroseg.text.prompts import fill_template, get_templates
+from zeroseg.weights.clip import convert_clip
 
 DEFAULT_TEMPLATES = "imagenet_select"
-_SAFETENSORS_SUFFIXES = (".safetensors",)
 
 
 @dataclass(frozen=True)
@@ -123,42 +125,6 @@ def resolve_model_config(model: str) -> dict[str, Any]:
     return cfg
 
 
-def load_state_dict_safely(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Reads a weights file without executing pickled code.
-
-    Args:
-        path: ``.safetensors`` file, or a ``torch.save`` file of a state dict / open_clip checkpoint.
-
-    Returns:
-        The state dict (``module.`` prefixes removed).
-
-    Raises:
-        ZeroSegError: if the file is missing, not a weights-only file, or holds no tensors.
-    """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ZeroSegError(f"{p}: CLIP checkpoint not found")
-    try:
-        if p.suffix.lower() in _SAFETENSORS_SUFFIXES:
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(p), device="cpu")
-        else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors, zipfile and unpickler errors all mean "not a usable weights file"
-        raise ZeroSegError(
-            f"{p}: cannot load as a weights-only checkpoint ({type(e).__name__}: {_one_line(e)}); "
-            "convert it to .safetensors"
-        ) from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ZeroSegError(f"{p}: checkpoint does not contain a state dict of tensors")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
-
-
 def _adapt_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Applies open_clip's own key/shape fix-ups for older checkpoint layouts."""
     from open_clip.model import convert_to_custom_text_state_dict
@@ -183,7 +149,7 @@ def load_clip_model(
 
     Args:
         model: built-in open_clip model name or model-config json path.
-        checkpoint: local weights file (see :func:`load_state_dict_safely`).
+        checkpoint: local weights file in any layout of :func:`zeroseg.weights.clip.convert_clip`.
         device: torch device string.
 
     Returns:
@@ -200,7 +166,7 @@ def load_clip_model(
         net = model_class(**cfg)
     except Exception as e:  # bad config values surface as TypeError/ValueError/AssertionError from open_clip
         raise ZeroSegError(f"{model}: cannot build CLIP model from config ({_one_line(e)})") from None
-    state_dict = _adapt_state_dict(load_state_dict_safely(checkpoint), net)
+    state_dict = _adapt_state_dict(convert_clip(checkpoint), net)
     try:
         net.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:

@@ -7,6 +7,8 @@ Three readers, one per format a released checkpoint comes in:
 * ``.safetensors``: tensors only, by construction.
 * detectron2 / Caffe2 ``.pkl`` (``R-101.pkl``): a restricted unpickler that admits numpy arrays, dicts, lists,
   tuples, numbers and strings and nothing else (no class, no function outside numpy's array rebuilders).
+* TorchScript archives (``torch.jit.save``; OpenAI's CLIP ``.pt``): the same unpickler reads the module tree of
+  ``data.pkl`` as inert records and tensors (:func:`read_torchscript`); the archive is never ``torch.jit.load``-ed.
 
 :func:`map_state` is the one place where a source state dict becomes a zeroseg one: every source key is either
 mapped, or dropped by a named rule; every target key must be filled; every shape must match. Anything else is a
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -92,6 +95,86 @@ def read_array_pickle(path: str | Path) -> Any:
         raise ZeroSegError(f"{p}: refused, the pickle holds more than arrays and plain containers ({e})") from None
     except Exception as e:
         raise ZeroSegError(f"{p}: cannot read pickle ({_reason(e)})") from None
+
+
+def _torchscript_root(names: list[str]) -> str | None:
+    """The archive folder of a TorchScript zip (``<root>/data.pkl`` beside ``<root>/constants.pkl`` or
+    ``<root>/code/``), ``None`` for any other zip (a ``torch.save`` file has ``data.pkl`` only)."""
+    for name in names:
+        root, sep, rest = name.partition("/")
+        if sep and rest == "data.pkl" and (f"{root}/constants.pkl" in names or any(
+            n.startswith(f"{root}/code/") for n in names
+        )):  # fmt: skip
+            return root
+    return None
+
+
+def is_torchscript_archive(path: str | Path) -> bool:
+    """Whether ``path`` is a ``torch.jit.save`` archive (read by :func:`read_torchscript`, never by torch.load)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return _torchscript_root(z.namelist()) is not None
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _tensor_leaves(obj: safe_pickle.TorchScriptObject, prefix: str, out: dict[str, torch.Tensor], where: str) -> None:
+    for name, value in obj.attributes.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, safe_pickle.TorchScriptObject):
+            _tensor_leaves(value, f"{key}.", out, where)
+        elif isinstance(value, torch.Tensor):
+            out[key] = value
+        elif isinstance(value, (list, tuple, dict)) and _holds_tensor(value):
+            raise ZeroSegError(f"{where}: TorchScript attribute {key} is a {type(value).__name__} of tensors")
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor | safe_pickle.TorchScriptObject):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    return isinstance(value, list | tuple) and any(_holds_tensor(v) for v in value)
+
+
+def read_torchscript(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a TorchScript archive's module tree by dotted attribute path, without running its code.
+
+    ``<root>/data.pkl`` is read with :func:`zeroseg.safe_pickle.loads_torchscript` (``__torch__.*`` classes as
+    inert records, tensors from the ``<root>/data/<key>`` storages); ``code/`` and ``constants.pkl`` are not read.
+    Every tensor attribute is returned (parameters, buffers and plain tensor attributes alike, e.g.
+    ``visual.conv1.weight``, ``transformer.resblocks.0.attn_mask``); attributes that are not tensors (``training``,
+    ints such as ``input_resolution`` in a scripted module, ``None``) are settings, not weights, and are left out.
+
+    Raises:
+        ZeroSegError: missing file, not a TorchScript archive, a big-endian archive, or a ``data.pkl`` that names
+            any global beyond the admitted ones (the message names the file and the refused global).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ZeroSegError(f"{p}: file not found")
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+            root = _torchscript_root(names)
+            if root is None:
+                raise ZeroSegError(f"{p}: not a TorchScript archive (no <root>/data.pkl with code/)")
+            if f"{root}/byteorder" in names and z.read(f"{root}/byteorder").strip() != b"little":
+                raise ZeroSegError(f"{p}: big-endian TorchScript archive, not supported")
+            tree = safe_pickle.loads_torchscript(z.read(f"{root}/data.pkl"), lambda key: z.read(f"{root}/data/{key}"))
+    except ZeroSegError:
+        raise
+    except pickle.UnpicklingError as e:
+        raise ZeroSegError(
+            f"{p}: refused, the TorchScript data.pkl holds more than modules and tensors ({e})"
+        ) from None
+    except Exception as e:
+        raise ZeroSegError(f"{p}: cannot read TorchScript archive ({_reason(e)})") from None
+    if not isinstance(tree, safe_pickle.TorchScriptObject):
+        raise ZeroSegError(f"{p}: TorchScript data.pkl holds a {type(tree).__name__}, not a module")
+    out: dict[str, torch.Tensor] = {}
+    _tensor_leaves(tree, "", out, str(p))
+    return out
 
 
 def read_weights(path: str | Path) -> Any:

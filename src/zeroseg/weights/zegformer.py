@@ -30,6 +30,7 @@ from zeroseg.data.splits import load_split
 from zeroseg.engine.checkpoint import prefixed, save_checkpoint
 from zeroseg.errors import ZeroSegError
 from zeroseg.modules.zegformer import ZegFormer
+from zeroseg.weights.clip import clip_file
 from zeroseg.weights.detectron2 import detectron2_resnet_key
 from zeroseg.weights.readers import map_state, read_torch_file, sha256_file, tensor_dict
 
@@ -107,8 +108,8 @@ def import_zegformer(
 
     Args:
         checkpoint: the released detectron2 file.
-        clip: CLIP weights (open_clip names; ``.safetensors`` or weights-only ``.pt``; see
-            :func:`zeroseg.weights.clip.convert_clip` for OpenAI's and Hugging Face's files).
+        clip: CLIP weights in any layout of :func:`zeroseg.weights.clip.convert_clip` (open_clip names, OpenAI's
+            TorchScript ``ViT-B-16.pt``, Hugging Face ``openai/clip-vit-base-patch16`` file or folder).
         split: ``voc-spnet-15-5`` or ``coco-stuff-156-15`` (or another split with the model's seen classes).
         out: output directory.
         clip_model: open_clip model name or config ``.json`` of ``clip``.
@@ -164,7 +165,7 @@ def import_zegformer(
     unseen = set(sp.unseen)
     seen_ids = [i for i, n in enumerate(names) if n not in unseen]
     unseen_ids = [i for i, n in enumerate(names) if n in unseen]
-    clip_path = Path(clip)
+    clip_path = clip_file(clip)
     encoder = f"clip:{clip_model}:{clip_path}"
     text_eval = text_embeddings(encoder, names, test_templates)
     text_train = text_embeddings(encoder, [names[i] for i in seen_ids], train_templates or test_templates)
