@@ -467,7 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--encoder", help="zs3net: text encoder for new class names (word2vec:<GoogleNews .bin>)")
     c.add_argument("--embeddings", help="zs3net: official class embeddings (.pkl / .npy)")
     c.add_argument("--clip", help="zegformer: CLIP ViT-B/16 weights (open_clip, OpenAI .pt or Hugging Face)")
-    c.add_argument("--clip-model", default="ViT-B-16", help="zegformer: open_clip model name or config .json")
+    c.add_argument(
+        "--clip-model",
+        default="ViT-B-16-quickgelu",
+        help="zegformer: open_clip model name or config .json (OpenAI CLIP uses QuickGELU)",
+    )
     c.add_argument("--test-templates", default="single", help="zegformer: prompt templates at inference")
     c.add_argument("--train-templates", help="zegformer: prompt templates of training (COCO: imagenet_select)")
     c.add_argument("--no-clip-image", action="store_true", help="zegformer: no CLIP image branch at inference")

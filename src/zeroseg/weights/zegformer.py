@@ -98,7 +98,7 @@ def import_zegformer(
     clip: str | Path,
     split: str,
     out: str | Path,
-    clip_model: str = "ViT-B-16",
+    clip_model: str = "ViT-B-16-quickgelu",
     test_templates: str = "single",
     train_templates: str | None = None,
     clip_image: bool = True,
