@@ -286,3 +286,19 @@ def test_load_split_errors_name_the_file(tmp_path):
         load_split(wrong)
     with pytest.raises(ZeroSegError, match="class list differs"):
         load_split("synthetic", class_names=["a", "b"])
+
+
+def test_synthetic_heldout_split_is_a_disjoint_transversal():
+    """The tuning split holds out other classes than the reported one, and every colour and pattern word keeps
+    seen examples (so transfer is possible on both)."""
+    from zeroseg.data.splits import load_split
+
+    reported, heldout = load_split("synthetic"), load_split("synthetic-heldout")
+    assert reported.dataset == heldout.dataset == "synthetic"
+    assert not set(reported.unseen) & set(heldout.unseen)
+    assert set(heldout.unseen) == {"red striped", "green dotted", "blue checkered", "yellow striped"}
+    for split in (reported, heldout):
+        seen_objects = [c for c in split.seen if " " in c]
+        for word in ("red", "green", "blue", "yellow", "striped", "dotted", "checkered"):
+            assert any(word in c.split() for c in seen_objects), (split.name, word)
+        assert sorted(c.split()[0] for c in split.unseen) == ["blue", "green", "red", "yellow"]
