@@ -124,6 +124,7 @@ ZEGFORMER_DEMO = {
     "zegformer.iters": 1000,
     "zegformer.lr": 3e-4,
     "zegformer.checkpoint_every": 250,
+    "zegformer.gzero_calibrate": 0.2,
 }
 
 
