@@ -408,7 +408,8 @@ _ZS_MMD_PROTOCOL = (
 )
 _ZEGFORMER_PROTOCOL = (
     "ZegFormer: **inductive** (training images keep their unseen pixels, labelled 'ignore': they belong to no "
-    "target mask, and no unseen class name is embedded before evaluation)."
+    "target mask, and no unseen class name is embedded before evaluation). Its unseen-only control is therefore "
+    "the real run's network evaluated with random unseen names (training it would give the same network)."
 )
 
 #: ``zeroseg demo --method NAME``: the demos in the order ``--help`` lists them.
