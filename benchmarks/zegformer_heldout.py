@@ -67,6 +67,8 @@ def variant_config(out: Path, variant: str, seed: int, extra: list[str] | None =
         f"out_dir={out / 'runs'}",
         f"name=h_{variant}_s{seed}",
         f"seed={seed}",
+        # Training never reads it; pinned so that these runs do not depend on the value the demo chose.
+        f"zegformer.gzero_calibrate={OFFICIAL_CALIBRATION}",
         *VARIANTS[variant],
         *(extra or []),
     ]
