@@ -313,25 +313,45 @@ def train(cfg: ExperimentConfig, *, progress: bool = True, allow_changed: bool =
         return _train(run)
 
 
-def _train(run: Run) -> RunResult:
-    cfg, progress, device = run.cfg, run.progress, run.device
-    data = run.data()
+def _class_texts(cfg: ExperimentConfig, data: ZeroShotData) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(text.train, text.eval)``: the seen names with the train templates, every name with the test templates."""
     seen_names = [data.class_names[i] for i in data.seen_ids]
     style = cfg.text.class_name_style
     train_text = text_embeddings(cfg.text.encoder, seen_names, cfg.zegformer.train_templates, style)
     eval_text = text_embeddings(cfg.text.encoder, data.class_names, cfg.zegformer.test_templates, style)
-    model = build_model(cfg, train_text.shape[1]).to(device)
+    return train_text, eval_text
+
+
+def _finish(
+    run: Run,
+    model: ZegFormer,
+    data: ZeroShotData,
+    texts: tuple[torch.Tensor, torch.Tensor],
+    metrics_extra: dict[str, Any],
+    meta_extra: dict[str, Any] | None = None,
+) -> Path:
+    """Evaluate a trained network with ``text.eval`` and write the stage checkpoint; returns its path."""
+    cfg = run.cfg
+    train_text, eval_text = texts
+    meta = {**checkpoint_meta(cfg, data, train_text.shape[1]), **(meta_extra or {})}
+    predictor = ZegFormerPredictor(model, meta, eval_text, device=cfg.device)
+    metrics = evaluate_predictor(predictor.labels, data, cfg.data, device=predictor.device, progress=run.progress)
+    metrics.update(metrics_extra)
+    tensors = {**prefixed(model.state_dict(), "model."), "text.eval": eval_text, "text.train": train_text}
+    return run.finish_stage(STAGE, tensors, meta, metrics)
+
+
+def _train(run: Run) -> RunResult:
+    cfg, progress, device = run.cfg, run.progress, run.device
+    data = run.data()
+    texts = _class_texts(cfg, data)
+    model = build_model(cfg, texts[0].shape[1]).to(device)
     if run.done(STAGE):
         _log("[zegformer] complete checkpoint found, skipping")
         return run.result(STAGE)
-    history = train_zegformer(cfg, model, train_text, data, run.dir, progress)
+    history = train_zegformer(cfg, model, texts[0], data, run.dir, progress)
     broadcast_state(model)
-    meta = checkpoint_meta(cfg, data, train_text.shape[1])
-    predictor = ZegFormerPredictor(model, meta, eval_text, device=cfg.device)
-    metrics = evaluate_predictor(predictor.labels, data, cfg.data, device=predictor.device, progress=progress)
-    metrics["loss_history"] = history
-    tensors = {**prefixed(model.state_dict(), "model."), "text.eval": eval_text, "text.train": train_text}
-    path = run.finish_stage(STAGE, tensors, meta, metrics)
+    path = _finish(run, model, data, texts, {"loss_history": history})
     if is_main():
         # The resume state (weights + AdamW moments) is not needed once the final checkpoint exists.
         checkpoint_path(run.dir / f"{STAGE}_last").unlink(missing_ok=True)
@@ -364,9 +384,7 @@ def train_from(cfg: ExperimentConfig, source: str | Path, *, progress: bool = Tr
         if run.done(STAGE):
             _log("[zegformer] complete checkpoint found, skipping")
             return run.result(STAGE)
-        seen_names = [data.class_names[i] for i in data.seen_ids]
-        style = cfg.text.class_name_style
-        train_text = text_embeddings(cfg.text.encoder, seen_names, cfg.zegformer.train_templates, style)
+        train_text, eval_text = _class_texts(cfg, data)
         src_cfg = src_meta.get("config", {})
         mine = json.loads(json.dumps(to_dict(cfg)))  # the form the source's metadata was stored in
         differs = [k for k in ("seed", "data", "zegformer", "engine") if src_cfg.get(k) != mine.get(k)]
@@ -377,18 +395,13 @@ def train_from(cfg: ExperimentConfig, source: str | Path, *, progress: bool = Tr
                 f"{checkpoint_path(source)}: its training differs from this run's ({', '.join(differs)}); "
                 f"train {cfg.name} instead"
             )
-        eval_text = text_embeddings(cfg.text.encoder, data.class_names, cfg.zegformer.test_templates, style)
         model = build_model(cfg, train_text.shape[1])
         load_into(model, unprefixed(tensors, "model."), source, "the network")
-        meta = {**checkpoint_meta(cfg, data, train_text.shape[1]), "trained_in": str(checkpoint_path(source))}
-        predictor = ZegFormerPredictor(model.to(run.device), meta, eval_text, device=cfg.device)
-        metrics = evaluate_predictor(predictor.labels, data, cfg.data, device=predictor.device, progress=progress)
-        metrics["loss_history"] = (
-            read_metrics(Path(source).parent / "metrics.json").get(STAGE, {}).get("loss_history", [])
-        )
-        metrics["trained_in"] = str(checkpoint_path(source))
-        out = {**prefixed(model.state_dict(), "model."), "text.eval": eval_text, "text.train": train_text}
-        return run.result(run.finish_stage(STAGE, out, meta, metrics))
+        trained_in = str(checkpoint_path(source))
+        history = read_metrics(Path(source).parent / "metrics.json").get(STAGE, {}).get("loss_history", [])
+        extra = {"loss_history": history, "trained_in": trained_in}
+        path = _finish(run, model.to(run.device), data, (train_text, eval_text), extra, {"trained_in": trained_in})
+        return run.result(path)
 
 
 # --------------------------------------------------------------------------------------------- inference
