@@ -44,7 +44,7 @@ from zeroseg.data.splits import load_split  # noqa: E402
 from zeroseg.data.zero_shot import build_zero_shot_data  # noqa: E402
 from zeroseg.engine.evaluator import SemSegEvaluator  # noqa: E402
 from zeroseg.methods import zegformer  # noqa: E402
-from zeroseg.methods.zegformer import InferenceOptions, ZegFormerPredictor  # noqa: E402
+from zeroseg.methods.zegformer import InferenceOptions, ZegFormerPredictor, seen_calibration  # noqa: E402
 from zeroseg.text import unseen_random_spec  # noqa: E402
 
 SPLIT = "synthetic-heldout"
@@ -78,8 +78,7 @@ def variant_config(out: Path, variant: str, seed: int, extra: list[str] | None =
 def _metrics(scores: torch.Tensor, labels: torch.Tensor, data, calibration: float) -> dict:
     """Generalised metrics of uncalibrated scores ``(N, C, H, W)`` after lowering the seen scores by ``calibration``
     (what ``ZegFormerPredictor.scores`` does with ``gzero_calibrate``)."""
-    shift = torch.zeros(scores.shape[1])
-    shift[list(data.seen_ids)] = calibration
+    shift = seen_calibration(scores.shape[1], data.seen_ids, calibration)
     ev = SemSegEvaluator(data.class_names, data.seen_ids, data.unseen_ids)
     ev.process((scores - shift[None, :, None, None]).argmax(1), labels)
     return ev.evaluate()

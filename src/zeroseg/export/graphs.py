@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zeroseg.errors import ZeroSegError
-from zeroseg.methods.zegformer import padded_scores
+from zeroseg.methods.zegformer import padded_scores, seen_calibration
 from zeroseg.modules.zegformer import SIZE_DIVISIBILITY
 
 
@@ -91,9 +91,7 @@ class ZegFormerGraph(nn.Module):
         self.model = predictor.model
         self.register_buffer("text", predictor.text.detach().clone())
         # Officially only the seen classes lose gzero_calibrate; a vector makes that one subtraction in the graph.
-        calibration = torch.zeros(len(predictor.class_names))
-        if o.gzero_calibrate > 0 and predictor.seen_ids:
-            calibration[list(predictor.seen_ids)] = o.gzero_calibrate
+        calibration = seen_calibration(len(predictor.class_names), predictor.seen_ids, o.gzero_calibrate)
         self.register_buffer("calibration", calibration)
         self.network_size: tuple[int, int] | None = None
         if o.test_min_size is not None:

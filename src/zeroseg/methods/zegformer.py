@@ -444,6 +444,17 @@ def padded_scores(predictor: Any, images: torch.Tensor, pad: Callable[[torch.Ten
     return fused_semantic_inference(fused, masks, predictor.seen_ids)
 
 
+def seen_calibration(
+    num_classes: int, seen_ids: Sequence[int], amount: float, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``(C,)``: ``amount`` at the seen classes, 0 elsewhere -- what the official GZSL calibration
+    (``GZERO_CALIBRATE``, ``mask_former_model.py:401-402``) subtracts from the per-class scores."""
+    shift = torch.zeros(num_classes, dtype=dtype)  # in the scores' dtype: 0.1 in float32 is not 0.1 in float64
+    if amount > 0 and len(seen_ids):
+        shift[list(seen_ids)] = amount
+    return shift
+
+
 class ZegFormerPredictor:
     """A trained ZegFormer, ready to segment images with its own or any other vocabulary: padding, semantic
     inference, the optional CLIP image branch and its fusion, and the seen-score calibration, in one place that
@@ -567,9 +578,9 @@ class ZegFormerPredictor:
         sem = sem[..., : size[0], : size[1]]
         if size != (h, w):
             sem = F.interpolate(sem, size=(h, w), mode="bilinear", align_corners=False)
-        calibrate = self.options.gzero_calibrate
-        if calibrate > 0 and self.seen_ids:
-            sem[:, self.seen_ids] -= calibrate
+        if self.options.gzero_calibrate > 0 and self.seen_ids:
+            shift = seen_calibration(sem.shape[1], self.seen_ids, self.options.gzero_calibrate, sem.dtype)
+            sem = sem - shift.to(sem.device)[None, :, None, None]
         return sem
 
     def labels(self, images: torch.Tensor) -> torch.Tensor:
