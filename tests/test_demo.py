@@ -15,7 +15,7 @@ def test_quick_demo_writes_report(tmp_path: Path) -> None:
         "ZS3Net (GloVe)",
         "ZS5Net (GloVe, transductive self-training)",
         "CONTROL: ZS3Net with random class embeddings",
-        "CONTROL: ZS3Net with random unseen-class embeddings (seen GloVe kept)",
+        "CONTROL: ZS3Net with random unseen-class embeddings drawn like the seen ones (seen GloVe kept)",
     ]
     for r in runs:
         assert {"name", "seed", "seen_miou", "unseen_miou", "hiou", "wall_s", "model", "variant"} <= set(r)
@@ -51,7 +51,7 @@ def test_quick_zegformer_demo_via_cli(tmp_path: Path) -> None:
     assert [r["name"] for r in runs] == [
         "ZegFormer (GloVe)",
         "CONTROL: ZegFormer with random class embeddings",
-        "CONTROL: ZegFormer with random unseen-class embeddings (seen GloVe kept)",
+        "CONTROL: ZegFormer with random unseen-class embeddings drawn like the seen ones (seen GloVe kept)",
     ]
     text = (tmp_path / "report.md").read_text()
     assert "ZegFormer on the embedded benchmark" in text and "inductive" in text
@@ -151,7 +151,9 @@ def test_demo_configs_resolve_to_the_measured_values(tmp_path: Path) -> None:
     expected_zf_ctrl = {**ZEGFORMER_DEMO, **run("zegformer_control_seed2", 2), "text.encoder": "random:50:2"}
     assert to_dict(zf_ctrl) == _defaults_with(expected_zf_ctrl)
     unseen = demo_config(tmp_path, 1, quick=False, control="unseen")
-    spec = "unseen-random:1:red dotted,green checkered,blue striped,yellow checkered:glove-6b-50d"
+    unseen_names = "red dotted,green checkered,blue striped,yellow checkered"
+    seen = "sky,grass,sand,road,red striped,red checkered,green striped,green dotted,blue dotted,blue checkered"
+    spec = f"unseen-matched:1:{unseen_names}:{seen},yellow striped,yellow dotted:glove-6b-50d"
     assert to_dict(unseen) == _defaults_with(
         {**ZS3NET_DEMO, **run("control_unseen_seed1", 1), "text.encoder": spec, "selftrain.enabled": False}
     )

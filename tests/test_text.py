@@ -23,6 +23,7 @@ from zeroseg.text import (
     prompts,
     random_encoder,
     split_synonyms,
+    unseen_matched_spec,
     unseen_random_spec,
 )
 
@@ -387,7 +388,7 @@ def test_get_encoder_errors_list_valid_forms():
     with pytest.raises(ZeroSegError, match="missing the part"):
         get_encoder("glove:")
     lines = list_encoders()
-    assert len(lines) == 9 and lines[0].startswith("glove-6b-50d ") and "offline default" in lines[0]
+    assert len(lines) == 10 and lines[0].startswith("glove-6b-50d ") and "offline default" in lines[0]
 
 
 def test_cosine_similarity_matrix_and_table():
@@ -439,3 +440,70 @@ def test_unseen_random_spec_builder_and_errors(w2v_txt):
             get_encoder(bad)
     with pytest.raises(ZeroSegError, match="cannot be unseen-random"):
         get_encoder("unseen-random:0:cat:unseen-random:0:cat:random:4")
+
+
+# ------------------------------------------------------------------------- distribution-matched unseen control
+
+
+def test_unseen_matched_draws_from_the_seen_rows_mean_and_std_by_hand(w2v_txt):
+    spec = f"unseen-matched:4:pottedplant:cat,couch:word2vec:{w2v_txt}"
+    emb = class_embeddings(spec, ["cat", "pottedplant", "couch", "sofa"])
+    # Seen rows untouched: cat = (1, 1, 0)/sqrt(2), couch = (0, 0, 1); sofa is neither seen nor unseen: real too.
+    torch.testing.assert_close(emb[0], torch.tensor([1 / S2, 1 / S2, 0.0]))
+    torch.testing.assert_close(emb[2], torch.tensor([0.0, 0.0, 1.0]))
+    torch.testing.assert_close(emb[3], torch.tensor([1.0, 0.0, 0.0]))
+    # By hand over the two seen rows: mean = (1/(2 sqrt 2), 1/(2 sqrt 2), 1/2); unbiased std of two values is
+    # |difference| / sqrt(2): (1/2, 1/2, 1/sqrt 2). The unseen row is mean + std * eps, normalised, with eps the
+    # seed's standard-normal vector of the name (the all-random control's source).
+    eps = random_encoder(3, 4)._vector("potted plant")
+    mean = torch.tensor([1 / (2 * S2), 1 / (2 * S2), 0.5], dtype=torch.float64)
+    std = torch.tensor([0.5, 0.5, 1 / S2], dtype=torch.float64)
+    want = mean + std * eps
+    torch.testing.assert_close(emb[1], (want / want.norm()).float(), atol=1e-6, rtol=0)
+    # Another seed draws another vector; the same seed is deterministic and independent of the other names.
+    other = class_embeddings(f"unseen-matched:5:pottedplant:cat,couch:word2vec:{w2v_txt}", ["pottedplant"])
+    assert (other[0] - emb[1]).abs().max() > 1e-3
+    again = class_embeddings(spec, ["sofa", "Potted_Plant"])
+    torch.testing.assert_close(again[1], emb[1])
+
+
+def test_unseen_matched_looks_like_real_class_embeddings_where_isotropic_does_not():
+    """On the embedded benchmark's names (real GloVe): the matched rows keep the seen rows' common component
+    (their mean cosine to the seen rows is the seen rows' own), the isotropic rows are orthogonal to them."""
+    from zeroseg.data.splits import load_split
+
+    split = load_split("synthetic")
+    seen = class_embeddings("glove-6b-50d", split.seen)
+    seen_seen = (seen @ seen.T)[~torch.eye(len(seen), dtype=torch.bool)].mean()
+    fake = [f"control class {i}" for i in range(300)]  # many draws of one distribution
+    matched = class_embeddings(unseen_matched_spec("glove-6b-50d", fake, split.seen, 0), fake)
+    isotropic = class_embeddings(unseen_random_spec("glove-6b-50d", fake, 0), fake)
+    assert 0.5 < float(seen_seen) < 0.8  # GloVe's colour/pattern/stuff names share a large component
+    assert abs(float((matched @ seen.T).mean() - seen_seen)) < 0.08
+    assert abs(float((isotropic @ seen.T).mean())) < 0.05
+    centroid = seen.mean(0)
+    assert float(torch.nn.functional.cosine_similarity(matched.mean(0), centroid, dim=0)) > 0.99
+    # Still random: no matched row is as close to any seen row as real names of this benchmark are (>= 0.9).
+    assert float((matched @ seen.T).max()) < 0.95
+
+
+def test_unseen_matched_spec_builder_and_errors(w2v_txt):
+    spec = unseen_matched_spec(f"word2vec:{w2v_txt}", ("sofa",), ("cat", "couch"), seed=2)
+    assert spec == f"unseen-matched:2:sofa:cat,couch:word2vec:{w2v_txt}"
+    enc = get_encoder(spec)
+    assert enc.unseen == ("sofa",) and enc.seen == ("cat", "couch") and enc.name == spec.replace(
+        f"word2vec:{w2v_txt}", enc.base.name
+    )
+    with pytest.raises(ZeroSegError, match="at least two seen"):
+        unseen_matched_spec("glove-6b-50d", ["a"], ["b"])
+    with pytest.raises(ZeroSegError, match="contains ','"):
+        unseen_matched_spec("glove-6b-50d", ["a"], ["b,c", "d"])
+    with pytest.raises(ZeroSegError, match="both as seen and as unseen"):
+        get_encoder(f"unseen-matched:0:sofa:cat,Sofa:word2vec:{w2v_txt}")
+    with pytest.raises(ZeroSegError, match="at least two seen"):
+        get_encoder(f"unseen-matched:0:sofa:cat:word2vec:{w2v_txt}")
+    for bad in ("unseen-matched:0:cat:dog", "unseen-matched:x:cat:a,b:random:4", "unseen-matched:0::a,b:random:4"):
+        with pytest.raises(ZeroSegError, match="unseen-matched"):
+            get_encoder(bad)
+    with pytest.raises(ZeroSegError, match="cannot be another control"):
+        get_encoder("unseen-matched:0:cat:a,b:unseen-random:0:cat:random:4")

@@ -291,12 +291,13 @@ def test_grad_accum_is_exact_for_the_set_loss_with_uneven_mask_counts():
 def test_train_from_equals_training_the_unseen_only_control(tiny_config):
     """Inductive training embeds only the seen names: the unseen-only-random control trained from scratch has the
     real run's weights bit for bit, and ``train_from`` (no training) gives the same checkpoint and metrics."""
-    from zeroseg.text import unseen_random_spec
+    from zeroseg.data.splits import load_split
+    from zeroseg.text import unseen_matched_spec
 
     path = _tiny_zegformer(tiny_config)
     real = zegformer.train(load_config(path), progress=False)
-    unseen = ["red dotted", "green checkered", "blue striped", "yellow checkered"]
-    spec = unseen_random_spec("glove-6b-50d", unseen, 7)
+    split = load_split("synthetic")
+    spec = unseen_matched_spec("glove-6b-50d", split.unseen, split.seen, 7)
     trained = zegformer.train(load_config(path, ["name=ctrl_trained", f"text.encoder={spec}"]), progress=False)
     shortcut = zegformer.train_from(
         load_config(path, ["name=ctrl_eval", f"text.encoder={spec}"]), real.checkpoint, progress=False

@@ -8,9 +8,12 @@ Per seed, on the synthetic benchmark (generated on first use):
 
   - the **all-random control** (``random:50:<seed>``): every class name replaced by a random unit vector
     (generator and classifier retrained);
-  - the **unseen-only control** (``unseen-random:<seed>:<unseen names>:glove-6b-50d``): seen classes keep their
-    GloVe embeddings, only the unseen names get random vectors of the same dimension and norm. The seen pipeline
-    is the real one, so the gap between ZS3Net and this control is transfer through the unseen names alone. Under
+  - the **unseen-only control** (``unseen-matched:<seed>:<unseen names>:<seen names>:glove-6b-50d``): seen
+    classes keep their GloVe embeddings, only the unseen names get random vectors, drawn from the seen
+    embeddings' per-dimension mean and variance and scaled to the same norm
+    (:class:`~zeroseg.text.MatchedUnseenEncoder`: unlike an isotropic random vector, which a cosine classifier can
+    single out on every pixel, such a row looks like a real class embedding). The seen pipeline is the real one,
+    so the gap between ZS3Net and this control is transfer through the unseen names alone. Under
     the strict protocol the generator reads only seen embeddings, so this control also shares the real run's
     generator checkpoint (bit-identical to retraining it) and trains only the classifier.
 - ``--method zs5net``: the same runs plus ZS5Net self-training on top of each control's classifier.
@@ -60,7 +63,7 @@ ZS3_QUICK = ("segmenter.epochs=1", "generator.epochs=1", "classifier.epochs=1", 
 #: Control variants: key -> (run-name prefix, row-name text). ``None`` is the real run.
 CONTROLS = {
     "random": "random class embeddings",
-    "unseen": "random unseen-class embeddings (seen GloVe kept)",
+    "unseen": "random unseen-class embeddings drawn like the seen ones (seen GloVe kept)",
 }
 
 
@@ -141,13 +144,13 @@ def demo_config(
         seed: the run's seed (and the controls' random-vector seed).
         quick: apply the family's ``--quick`` overrides.
         control: ``False`` (the real run), ``"random"`` (or ``True``: ``random:50:<seed>``) or ``"unseen"``
-            (``unseen-random:<seed>:<the split's unseen names>:<the config's encoder>``).
+            (``unseen-matched:<seed>:<the split's unseen names>:<its seen names>:<the config's encoder>``).
         method: the config family.
         zs5net: a control with ZS5Net self-training on top of its classifier (zs3net family only).
     """
     from zeroseg.config import apply_overrides, packaged_config, read_config_mapping
     from zeroseg.data.splits import load_split
-    from zeroseg.text import unseen_random_spec
+    from zeroseg.text import unseen_matched_spec
 
     if method not in FAMILIES:
         raise ZeroSegError(f"demo config family '{method}' is unknown; choose from {', '.join(FAMILIES)}")
@@ -161,8 +164,8 @@ def demo_config(
     if key == "random":
         data["text"]["encoder"] = f"random:{GLOVE_DIM}:{seed}"
     elif key == "unseen":
-        unseen = load_split(data["data"]["split"]).unseen
-        data["text"]["encoder"] = unseen_random_spec(data["text"]["encoder"], unseen, seed)
+        split = load_split(data["data"]["split"])
+        data["text"]["encoder"] = unseen_matched_spec(data["text"]["encoder"], split.unseen, split.seen, seed)
     if key is not None and "selftrain" in data:
         data["selftrain"]["enabled"] = zs5net
     return from_dict(apply_overrides(data, list(family.quick) if quick else []))
@@ -547,9 +550,10 @@ def report_sections(
     s.append(("p", "Mean ± std (population) over seeds, percent. Two controls per model: the **all-random** "
                    "control replaces every class embedding by a random unit vector; the **unseen-only** control "
                    "keeps the seen classes' GloVe embeddings and replaces only the unseen names by random vectors "
-                   "of the same dimension and norm, so the seen pipeline is the real one and the gap to it is "
-                   "transfer through the unseen class names alone. Both controls draw the same random vectors "
-                   "for the unseen names (seed = run seed)."))  # fmt: skip
+                   "drawn from the seen embeddings' per-dimension mean and variance (unit norm, like every real "
+                   "row), so the seen pipeline is the real one, the random rows look like class embeddings to "
+                   "the model, and the gap to it is transfer through the unseen class names alone. Random "
+                   "vectors: seed = run seed."))  # fmt: skip
     transfer = transfer_rows(runs)
     if transfer:
         s.append(("h2", "Transfer through the unseen names (unseen mIoU)"))

@@ -5,7 +5,8 @@
 ``"potted plant"``), the one entry point the methods use.
 Specs: ``glove-6b-50d`` (offline default), ``minilm``, ``word2vec:<path>``, ``glove:<path>``,
 ``fasttext:<path>``, ``sentence-transformers:<dir>``, ``clip:<model>:<checkpoint>``,
-``random:<dim>[:<seed>]``, ``unseen-random:<seed>:<unseen names>:<base spec>`` (the sharper control).
+``random:<dim>[:<seed>]``, ``unseen-random:<seed>:<unseen names>:<base spec>`` and
+``unseen-matched:<seed>:<unseen names>:<seen names>:<base spec>`` (the sharper controls).
 Synonyms are written ``"tvmonitor|television|monitor"``; words may be separated by spaces, ``-`` or ``_``.
 
 Layout: :mod:`zeroseg.text.base` (``TextEncoder``, name parsing, similarity helpers), one module per provider,
@@ -34,13 +35,21 @@ from zeroseg.text.base import (
     split_words,
 )
 from zeroseg.text.clip import load_clip_encoder, parse_clip_spec
-from zeroseg.text.random_vectors import RandomEncoder, UnseenRandomEncoder, random_encoder, unseen_random_spec
+from zeroseg.text.random_vectors import (
+    MatchedUnseenEncoder,
+    RandomEncoder,
+    UnseenRandomEncoder,
+    random_encoder,
+    unseen_matched_spec,
+    unseen_random_spec,
+)
 from zeroseg.text.sentence import load_sentence_encoder, minilm_encoder
 from zeroseg.text.word_vectors import glove_6b_50d_encoder, word_vector_encoder
 
 __all__ = [
     "DEFAULT_ENCODER",
     "SYNONYM_SEPARATOR",
+    "MatchedUnseenEncoder",
     "RandomEncoder",
     "TextEncoder",
     "UnseenRandomEncoder",
@@ -54,6 +63,7 @@ __all__ = [
     "random_encoder",
     "split_synonyms",
     "split_words",
+    "unseen_matched_spec",
     "unseen_random_spec",
 ]
 
@@ -70,7 +80,11 @@ _ENCODER_FORMS: tuple[tuple[str, str], ...] = (
     ("random:<dim>[:<seed>]", "deterministic random unit vector per class name (control, no semantics)"),
     (
         "unseen-random:<seed>:<names>:<spec>",
-        "<spec>'s embeddings, random vectors for the comma-separated unseen <names> (sharper control)",
+        "<spec>'s embeddings, isotropic random vectors for the comma-separated unseen <names> (control)",
+    ),
+    (
+        "unseen-matched:<seed>:<names>:<seen>:<spec>",
+        "<spec>'s embeddings, unseen <names> drawn from the <seen> names' per-dimension mean/std (control)",
     ),
 )
 
@@ -110,12 +124,14 @@ def get_encoder(spec: str = DEFAULT_ENCODER, **options: Any) -> TextEncoder:
         spec: one of the forms listed by :func:`list_encoders`, e.g. ``"glove-6b-50d"``, ``"minilm"``,
             ``"word2vec:vectors.bin"``, ``"glove:glove.6B.300d.txt"``, ``"fasttext:wiki.en.vec"``,
             ``"sentence-transformers:/models/mpnet"``, ``"clip:ViT-B-16:/ckpt/vitb16.safetensors"``,
-            ``"random:300:0"``, ``"unseen-random:0:cow,sofa:glove-6b-50d"``.
+            ``"random:300:0"``, ``"unseen-random:0:cow,sofa:glove-6b-50d"``,
+            ``"unseen-matched:0:cow,sofa:cat,dog,bus:glove-6b-50d"``.
         **options: encoder-specific options; ``None`` values are ignored.
             ``minilm`` / ``sentence-transformers``: ``template`` (one prompt with ``{}``), ``device``;
             ``sentence-transformers`` also ``sha256`` (expected model.safetensors digest).
             ``clip``: ``templates`` (set name from :mod:`zeroseg.text.prompts` or list; default
-            ``"imagenet_select"``), ``device``, ``batch_size``. ``unseen-random`` passes them to its base.
+            ``"imagenet_select"``), ``device``, ``batch_size``. ``unseen-random`` and ``unseen-matched`` pass
+            them to their base.
 
     Returns:
         The encoder; its weights are loaded (and cached in-process where that is costly).
@@ -156,6 +172,16 @@ def get_encoder(spec: str = DEFAULT_ENCODER, **options: Any) -> TextEncoder:
         if parts[2].strip().startswith("unseen-random:"):
             raise ZeroSegError(f"encoder spec {spec!r}: the base of unseen-random cannot be unseen-random")
         return UnseenRandomEncoder(get_encoder(parts[2], **options), parts[1].split(","), seed)
+    if kind == "unseen-matched":
+        parts = rest.split(":", 3)
+        if len(parts) != 4 or not all(p.strip() for p in parts[1:]):
+            raise ZeroSegError(
+                f"encoder spec {spec!r}: expected unseen-matched:<seed>:<unseen names>:<seen names>:<base spec>"
+            )
+        seed = _parse_int(spec, parts[0], "seed")
+        if parts[3].strip().startswith(("unseen-random:", "unseen-matched:")):
+            raise ZeroSegError(f"encoder spec {spec!r}: the base of unseen-matched cannot be another control")
+        return MatchedUnseenEncoder(get_encoder(parts[3], **options), parts[1].split(","), parts[2].split(","), seed)
     if kind == "random":
         _check_options(spec, options, ())
         parts = rest.split(":")
@@ -165,6 +191,16 @@ def get_encoder(spec: str = DEFAULT_ENCODER, **options: Any) -> TextEncoder:
         seed = _parse_int(spec, parts[1], "seed") if len(parts) == 2 else 0
         return RandomEncoder(dim, seed)
     raise _unknown_spec(spec)
+
+
+def control_base_spec(spec: str) -> str:
+    """The real encoder's spec inside a sharper control's spec (``unseen-random:`` / ``unseen-matched:``);
+    any other spec unchanged."""
+    if spec.startswith("unseen-random:"):
+        return spec.split(":", 3)[-1]
+    if spec.startswith("unseen-matched:"):
+        return spec.split(":", 4)[-1]
+    return spec
 
 
 def class_embeddings(
@@ -201,7 +237,7 @@ def class_embeddings(
     """
     if style not in CLASS_NAME_STYLES:
         raise ZeroSegError(f"unknown class-name style {style!r}; choose one of {', '.join(CLASS_NAME_STYLES)}")
-    base_spec = encoder_spec.split(":", 3)[-1] if encoder_spec.startswith("unseen-random:") else encoder_spec
+    base_spec = control_base_spec(encoder_spec)
     options = {"templates": templates} if templates is not None and base_spec.startswith("clip:") else {}
     encoder = get_encoder(encoder_spec, **options)
     if style == "verbatim":

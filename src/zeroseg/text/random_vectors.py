@@ -1,5 +1,7 @@
-"""The control encoders: ``random:<dim>[:<seed>]`` (one deterministic random unit vector per class name) and
-``unseen-random:<seed>:<unseen names>:<base spec>`` (real embeddings, random ones for the unseen names only)."""
+"""The control encoders: ``random:<dim>[:<seed>]`` (one deterministic random unit vector per class name),
+``unseen-random:<seed>:<unseen names>:<base spec>`` (real embeddings, isotropic random ones for the unseen names
+only) and ``unseen-matched:<seed>:<unseen names>:<seen names>:<base spec>`` (the same, with the unseen rows drawn
+from the seen embeddings' per-dimension distribution: the control the demos report)."""
 
 from __future__ import annotations
 
@@ -84,13 +86,71 @@ class UnseenRandomEncoder(TextEncoder):
         emb = self.base.embed(class_names, verbatim=verbatim).clone()
         for i, name in enumerate(class_names):
             if self.is_unseen(name):
-                direction = self.random._vector(SYNONYM_SEPARATOR.join(split_synonyms(name))).float()
+                # keyed by the lower-cased canonical name: every spelling of a name gets one vector
+                direction = self._direction(SYNONYM_SEPARATOR.join(_name_key(name)), verbatim).float()
                 emb[i] = direction / direction.norm() * emb[i].norm()
         return emb
+
+    def _direction(self, canonical_name: str, verbatim: bool) -> torch.Tensor:
+        """The unnormalised random vector of one unseen name (float64): isotropic here."""
+        return self.random._vector(canonical_name)
 
     def _embed_parsed(self, synonyms: list[list[str]]) -> torch.Tensor:
         # embed() is overridden (it must see the names before parsing); kept for the abstract interface.
         return self.embed([SYNONYM_SEPARATOR.join(s) for s in synonyms])
+
+
+class MatchedUnseenEncoder(UnseenRandomEncoder):
+    """The distribution-matched sharper control (``unseen-matched:<seed>:<unseen names>:<seen names>:<base>``):
+    like :class:`UnseenRandomEncoder`, but an unseen row is drawn from the Gaussian with the per-dimension mean
+    and variance of the *seen* names' real embeddings, then scaled to the norm of the row it replaces.
+
+    Why: real class embeddings share a large common component (GloVe rows of the embedded benchmark's names have
+    pairwise cosines around 0.6), while an isotropic random unit vector is nearly orthogonal to all of them. A
+    method scoring by cosine (ZegFormer) can then find the odd vector on every pixel -- the control collapses and
+    measures nothing. A row drawn here has the seen rows' common component and spread, so it looks like a real
+    class embedding to the model, and still carries nothing of the unseen class's name: it depends only on the
+    seed, the name's hash and the seen names (never on the unseen names' embeddings).
+
+    The row of unseen name ``n`` is ``mean + std * eps(n)`` with ``eps(n)`` the standard-normal vector of
+    :class:`RandomEncoder` (same seed) and ``mean``, ``std`` (unbiased) over the seen names' base rows.
+    """
+
+    def __init__(self, base: TextEncoder, unseen: Sequence[str], seen: Sequence[str], seed: int = 0) -> None:
+        super().__init__(base, unseen, seed)
+        names = [n for n in seen if isinstance(n, str) and split_synonyms(n)]
+        if len(names) < 2 or len(names) != len(list(seen)):
+            raise ZeroSegError(f"unseen-matched encoder: needs at least two seen class names, got {seen!r}")
+        overlap = [n for n in names if self.is_unseen(n)]
+        if overlap:
+            raise ZeroSegError(f"unseen-matched encoder: {overlap[0]!r} is listed both as seen and as unseen")
+        self.seen = tuple(names)
+        self.name = f"unseen-matched:{seed}:{','.join(self.unseen)}:{','.join(self.seen)}:{base.name}"
+        self._moments: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def moments(self, verbatim: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)``, each ``(D,)`` float64: the seen names' base rows, per dimension (std unbiased)."""
+        if verbatim not in self._moments:
+            rows = self.base.embed(list(self.seen), verbatim=verbatim).double()
+            self._moments[verbatim] = rows.mean(0), rows.std(0)
+        return self._moments[verbatim]
+
+    def _direction(self, canonical_name: str, verbatim: bool) -> torch.Tensor:
+        mean, std = self.moments(verbatim)
+        return mean + std * self.random._vector(canonical_name)
+
+
+def unseen_matched_spec(base_spec: str, unseen: Sequence[str], seen: Sequence[str], seed: int = 0) -> str:
+    """The encoder spec of the distribution-matched control :class:`MatchedUnseenEncoder`:
+    ``"unseen-matched:<seed>:<unseen>,...:<seen>,...:<base_spec>"`` (names as in :func:`unseen_random_spec`)."""
+    seen = list(seen)
+    if len(seen) < 2:
+        raise ZeroSegError("unseen-matched spec: the split needs at least two seen classes")
+    bad = [n for n in seen if "," in n or ":" in n]
+    if bad:
+        raise ZeroSegError(f"unseen-matched spec: class name {bad[0]!r} contains ',' or ':'")
+    unseen_part = unseen_random_spec(base_spec, unseen, seed).split(":", 3)[2]
+    return f"unseen-matched:{seed}:{unseen_part}:{','.join(seen)}:{base_spec}"
 
 
 def unseen_random_spec(base_spec: str, unseen: Sequence[str], seed: int = 0) -> str:
