@@ -9,7 +9,8 @@ its overrides, for each ``--seeds``, and reports:
 * seen / unseen mIoU and hIoU (generalised: all 16 classes compete on every pixel);
 * unseen-only accuracy: on unseen pixels, the argmax among the unseen names only (chance about 25%);
 * the unseen-only-random control: the *same* trained network with the unseen names replaced by random vectors
-  (:func:`zeroseg.methods.zegformer.train_from`; inductive training never embeds an unseen name, so training that
+  drawn like the seen embeddings (``unseen-matched``, the demo's control;
+  :func:`zeroseg.methods.zegformer.train_from`; inductive training never embeds an unseen name, so training that
   control would give this network bit for bit), averaged over ``--control-draws`` random draws.
 
 Every run is scored at several ``gzero_calibrate`` values (the amount subtracted from the seen classes' scores
@@ -45,7 +46,7 @@ from zeroseg.data.zero_shot import build_zero_shot_data  # noqa: E402
 from zeroseg.engine.evaluator import SemSegEvaluator  # noqa: E402
 from zeroseg.methods import zegformer  # noqa: E402
 from zeroseg.methods.zegformer import InferenceOptions, ZegFormerPredictor, seen_calibration  # noqa: E402
-from zeroseg.text import unseen_random_spec  # noqa: E402
+from zeroseg.text import unseen_matched_spec  # noqa: E402
 
 SPLIT = "synthetic-heldout"
 DATA_SEED = 100
@@ -103,7 +104,8 @@ def score_variant(out: Path, variant: str, seed: int, draws: int, calibrations: 
     for d in range(draws):
         # The unseen-only control: this network, the unseen names replaced by random vectors (train_from's premise:
         # inductive training never embeds an unseen name, so training the control would give this network).
-        spec = unseen_random_spec(cfg.text.encoder, load_split(SPLIT).unseen, 1000 + d)
+        split = load_split(SPLIT)
+        spec = unseen_matched_spec(cfg.text.encoder, split.unseen, split.seen, 1000 + d)
         predictor.text = zegformer.text_embeddings(spec, data.class_names, options.test_templates)
         controls.append(_scores(predictor, images))
     rows = []
