@@ -445,22 +445,22 @@ def test_unseen_random_spec_builder_and_errors(w2v_txt):
 # ------------------------------------------------------------------------- distribution-matched unseen control
 
 
-def test_unseen_matched_draws_from_the_seen_rows_mean_and_std_by_hand(w2v_txt):
+def test_unseen_matched_draws_from_the_seen_rows_mean_and_covariance_by_hand(w2v_txt):
     spec = f"unseen-matched:4:pottedplant:cat,couch:word2vec:{w2v_txt}"
     emb = class_embeddings(spec, ["cat", "pottedplant", "couch", "sofa"])
-    # Seen rows untouched: cat = (1, 1, 0)/sqrt(2), couch = (0, 0, 1); sofa is neither seen nor unseen: real too.
-    torch.testing.assert_close(emb[0], torch.tensor([1 / S2, 1 / S2, 0.0]))
-    torch.testing.assert_close(emb[2], torch.tensor([0.0, 0.0, 1.0]))
+    # Seen rows untouched: cat = a = (1, 1, 0)/sqrt(2), couch = b = (0, 0, 1); sofa is neither: real too.
+    a = torch.tensor([1 / S2, 1 / S2, 0.0], dtype=torch.float64)
+    b = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(emb[0], a.float())
+    torch.testing.assert_close(emb[2], b.float())
     torch.testing.assert_close(emb[3], torch.tensor([1.0, 0.0, 0.0]))
-    # By hand over the two seen rows: mean = (1/(2 sqrt 2), 1/(2 sqrt 2), 1/2); unbiased std of two values is
-    # |difference| / sqrt(2): (1/2, 1/2, 1/sqrt 2). The unseen row is mean + std * eps, normalised, with eps the
-    # seed's standard-normal vector of the name (the all-random control's source).
-    eps = random_encoder(3, 4)._vector("potted plant")
-    mean = torch.tensor([1 / (2 * S2), 1 / (2 * S2), 0.5], dtype=torch.float64)
-    std = torch.tensor([0.5, 0.5, 1 / S2], dtype=torch.float64)
-    want = mean + std * eps
+    # By hand: mean m = (a + b)/2, deviations a - m = (a - b)/2 and b - m = -(a - b)/2, sqrt(n - 1) = 1; with the
+    # seed's 2-d standard-normal vector g of the name (the all-random control's source), the draw is
+    # m + g1 (a - m) + g2 (b - m) = m + (g1 - g2)(a - b)/2, then normalised.
+    g = random_encoder(2, 4)._vector("potted plant")
+    want = (a + b) / 2 + (g[0] - g[1]) * (a - b) / 2
     torch.testing.assert_close(emb[1], (want / want.norm()).float(), atol=1e-6, rtol=0)
-    # Another seed draws another vector; the same seed is deterministic and independent of the other names.
+    # Another seed draws another vector; the same seed is deterministic, whatever the spelling and the other names.
     other = class_embeddings(f"unseen-matched:5:pottedplant:cat,couch:word2vec:{w2v_txt}", ["pottedplant"])
     assert (other[0] - emb[1]).abs().max() > 1e-3
     again = class_embeddings(spec, ["sofa", "Potted_Plant"])
@@ -468,8 +468,9 @@ def test_unseen_matched_draws_from_the_seen_rows_mean_and_std_by_hand(w2v_txt):
 
 
 def test_unseen_matched_looks_like_real_class_embeddings_where_isotropic_does_not():
-    """On the embedded benchmark's names (real GloVe): the matched rows keep the seen rows' common component
-    (their mean cosine to the seen rows is the seen rows' own), the isotropic rows are orthogonal to them."""
+    """On the embedded benchmark's names (real GloVe): the matched rows keep the seen rows' common component (their
+    mean cosine to the seen rows is the seen rows' own) and lie in the seen rows' span, as the real unseen rows do;
+    the isotropic rows are orthogonal to the seen rows and mostly outside their span."""
     from zeroseg.data.splits import load_split
 
     split = load_split("synthetic")
@@ -481,10 +482,17 @@ def test_unseen_matched_looks_like_real_class_embeddings_where_isotropic_does_no
     assert 0.5 < float(seen_seen) < 0.8  # GloVe's colour/pattern/stuff names share a large component
     assert abs(float((matched @ seen.T).mean() - seen_seen)) < 0.08
     assert abs(float((isotropic @ seen.T).mean())) < 0.05
-    centroid = seen.mean(0)
-    assert float(torch.nn.functional.cosine_similarity(matched.mean(0), centroid, dim=0)) > 0.99
-    # Still random: no matched row is as close to any seen row as real names of this benchmark are (>= 0.9).
-    assert float((matched @ seen.T).max()) < 0.95
+    assert float(torch.nn.functional.cosine_similarity(matched.mean(0), seen.mean(0), dim=0)) > 0.99
+    basis, _ = torch.linalg.qr(seen.double().T)  # the seen rows' span
+
+    def outside(rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.double().T
+        return (rows - basis @ (basis.T @ rows)).norm(dim=0)
+
+    real_unseen = class_embeddings("glove-6b-50d", split.unseen)
+    assert float(outside(real_unseen).max()) < 1e-4  # the premise: GloVe phrases compose seen words
+    assert float(outside(matched).max()) < 1e-4
+    assert float(outside(isotropic).min()) > 0.5
 
 
 def test_unseen_matched_spec_builder_and_errors(w2v_txt):

@@ -9,8 +9,8 @@ Per seed, on the synthetic benchmark (generated on first use):
   - the **all-random control** (``random:50:<seed>``): every class name replaced by a random unit vector
     (generator and classifier retrained);
   - the **unseen-only control** (``unseen-matched:<seed>:<unseen names>:<seen names>:glove-6b-50d``): seen
-    classes keep their GloVe embeddings, only the unseen names get random vectors, drawn from the seen
-    embeddings' per-dimension mean and variance and scaled to the same norm
+    classes keep their GloVe embeddings, only the unseen names get random vectors, drawn from the Gaussian of the
+    seen embeddings' mean and covariance and scaled to the same norm
     (:class:`~zeroseg.text.MatchedUnseenEncoder`: unlike an isotropic random vector, which a cosine classifier can
     single out on every pixel, such a row looks like a real class embedding). The seen pipeline is the real one,
     so the gap between ZS3Net and this control is transfer through the unseen names alone. Under
@@ -550,7 +550,7 @@ def report_sections(
     s.append(("p", "Mean ± std (population) over seeds, percent. Two controls per model: the **all-random** "
                    "control replaces every class embedding by a random unit vector; the **unseen-only** control "
                    "keeps the seen classes' GloVe embeddings and replaces only the unseen names by random vectors "
-                   "drawn from the seen embeddings' per-dimension mean and variance (unit norm, like every real "
+                   "drawn from the Gaussian of the seen embeddings' mean and covariance (unit norm, like every real "
                    "row), so the seen pipeline is the real one, the random rows look like class embeddings to "
                    "the model, and the gap to it is transfer through the unseen class names alone. Random "
                    "vectors: seed = run seed."))  # fmt: skip

@@ -84,7 +84,7 @@ _ENCODER_FORMS: tuple[tuple[str, str], ...] = (
     ),
     (
         "unseen-matched:<seed>:<names>:<seen>:<spec>",
-        "<spec>'s embeddings, unseen <names> drawn from the <seen> names' per-dimension mean/std (control)",
+        "<spec>'s embeddings, unseen <names> drawn from the <seen> names' mean and covariance (control)",
     ),
 )
 

@@ -1,7 +1,7 @@
 """The control encoders: ``random:<dim>[:<seed>]`` (one deterministic random unit vector per class name),
 ``unseen-random:<seed>:<unseen names>:<base spec>`` (real embeddings, isotropic random ones for the unseen names
 only) and ``unseen-matched:<seed>:<unseen names>:<seen names>:<base spec>`` (the same, with the unseen rows drawn
-from the seen embeddings' per-dimension distribution: the control the demos report)."""
+from the Gaussian of the seen embeddings' mean and covariance: the control the demos report)."""
 
 from __future__ import annotations
 
@@ -102,18 +102,20 @@ class UnseenRandomEncoder(TextEncoder):
 
 class MatchedUnseenEncoder(UnseenRandomEncoder):
     """The distribution-matched sharper control (``unseen-matched:<seed>:<unseen names>:<seen names>:<base>``):
-    like :class:`UnseenRandomEncoder`, but an unseen row is drawn from the Gaussian with the per-dimension mean
-    and variance of the *seen* names' real embeddings, then scaled to the norm of the row it replaces.
+    like :class:`UnseenRandomEncoder`, but an unseen row is drawn from the Gaussian with the mean and the
+    (unbiased) covariance of the *seen* names' real embeddings, then scaled to the norm of the row it replaces.
 
     Why: real class embeddings share a large common component (GloVe rows of the embedded benchmark's names have
-    pairwise cosines around 0.6), while an isotropic random unit vector is nearly orthogonal to all of them. A
-    method scoring by cosine (ZegFormer) can then find the odd vector on every pixel -- the control collapses and
-    measures nothing. A row drawn here has the seen rows' common component and spread, so it looks like a real
-    class embedding to the model, and still carries nothing of the unseen class's name: it depends only on the
-    seed, the name's hash and the seen names (never on the unseen names' embeddings).
+    pairwise cosines around 0.6) and the unseen names' rows lie in the span of the seen ones (GloVe phrases are
+    means of word vectors that seen phrases also contain), while an isotropic random unit vector is nearly
+    orthogonal to all of them. A method scoring by cosine (ZegFormer) can then single out the odd vector on every
+    pixel: the control collapses and measures nothing. A row drawn here has the seen rows' common component,
+    spread and span, so it looks like a real class embedding to the model, and still carries nothing of the unseen
+    class's name: it depends only on the seed, the name's hash and the seen names' rows.
 
-    The row of unseen name ``n`` is ``mean + std * eps(n)`` with ``eps(n)`` the standard-normal vector of
-    :class:`RandomEncoder` (same seed) and ``mean``, ``std`` (unbiased) over the seen names' base rows.
+    With ``X`` the ``(n, D)`` seen rows, ``m`` their mean and ``g(name)`` the ``n``-dimensional standard-normal
+    vector of :class:`RandomEncoder` (same seed), the row of an unseen name is ``m + g @ (X - m) / sqrt(n - 1)``:
+    an exact draw from ``N(m, cov(X))`` (the covariance has rank ``n - 1``; no factorisation is needed).
     """
 
     def __init__(self, base: TextEncoder, unseen: Sequence[str], seen: Sequence[str], seed: int = 0) -> None:
@@ -125,19 +127,22 @@ class MatchedUnseenEncoder(UnseenRandomEncoder):
         if overlap:
             raise ZeroSegError(f"unseen-matched encoder: {overlap[0]!r} is listed both as seen and as unseen")
         self.seen = tuple(names)
+        self.coefficients = RandomEncoder(len(names), seed)
         self.name = f"unseen-matched:{seed}:{','.join(self.unseen)}:{','.join(self.seen)}:{base.name}"
         self._moments: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def moments(self, verbatim: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mean, std)``, each ``(D,)`` float64: the seen names' base rows, per dimension (std unbiased)."""
+        """``(mean, spread)`` in float64: the seen names' base rows' mean ``(D,)`` and their deviations from it
+        over ``sqrt(n - 1)``, ``(n, D)`` (so that ``spread.T @ spread`` is their unbiased covariance)."""
         if verbatim not in self._moments:
             rows = self.base.embed(list(self.seen), verbatim=verbatim).double()
-            self._moments[verbatim] = rows.mean(0), rows.std(0)
+            mean = rows.mean(0)
+            self._moments[verbatim] = mean, (rows - mean) / (len(rows) - 1) ** 0.5
         return self._moments[verbatim]
 
     def _direction(self, canonical_name: str, verbatim: bool) -> torch.Tensor:
-        mean, std = self.moments(verbatim)
-        return mean + std * self.random._vector(canonical_name)
+        mean, spread = self.moments(verbatim)
+        return mean + self.coefficients._vector(canonical_name) @ spread
 
 
 def unseen_matched_spec(base_spec: str, unseen: Sequence[str], seen: Sequence[str], seed: int = 0) -> str:
