@@ -128,7 +128,7 @@ def _pm(values: list[float]) -> str:
 
 def summary(rows: list[dict]) -> list[str]:
     """Markdown table: per variant and calibration, mean ± std over seeds."""
-    keys = ("seen_miou", "unseen_miou", "hiou", "unseen_only_acc", "control_unseen_miou", "gap")
+    keys = ("seen_miou", "unseen_miou", "hiou", "unseen_only_acc", "control_seen_miou", "control_unseen_miou", "gap")
     lines = [
         "| variant | gzero_calibrate | seeds | " + " | ".join(keys) + " |",
         "|---|---:|---:|" + "---:|" * len(keys),
