@@ -467,6 +467,13 @@ def test_unseen_matched_draws_from_the_seen_rows_mean_and_covariance_by_hand(w2v
     torch.testing.assert_close(again[1], emb[1])
 
 
+def test_unseen_matched_reads_seen_names_in_dataset_spelling(w2v_txt):
+    # "pottedplant" is no word of the vocabulary: its row is the mean of "potted" and "plant", as for a class name.
+    dataset = class_embeddings(f"unseen-matched:3:sofa:cat,pottedplant:word2vec:{w2v_txt}", ["sofa"])
+    words = class_embeddings(f"unseen-matched:3:sofa:cat,potted plant:word2vec:{w2v_txt}", ["sofa"])
+    torch.testing.assert_close(dataset, words, atol=0, rtol=0)
+
+
 def test_unseen_matched_looks_like_real_class_embeddings_where_isotropic_does_not():
     """On the embedded benchmark's names (real GloVe): the matched rows keep the seen rows' common component (their
     mean cosine to the seen rows is the seen rows' own) and lie in the seen rows' span, as the real unseen rows do;

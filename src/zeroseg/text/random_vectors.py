@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from zeroseg.data.classes import natural_name
+from zeroseg.data.classes import natural_name, official_prompt_name
 from zeroseg.errors import ZeroSegError
 from zeroseg.text.base import SYNONYM_SEPARATOR, TextEncoder, split_synonyms
 
@@ -135,7 +135,9 @@ class MatchedUnseenEncoder(UnseenRandomEncoder):
         """``(mean, spread)`` in float64: the seen names' base rows' mean ``(D,)`` and their deviations from it
         over ``sqrt(n - 1)``, ``(n, D)`` (so that ``spread.T @ spread`` is their unbiased covariance)."""
         if verbatim not in self._moments:
-            rows = self.base.embed(list(self.seen), verbatim=verbatim).double()
+            # the seen names spelled as class_embeddings spells them for this base (dataset spellings allowed)
+            spell = official_prompt_name if verbatim else natural_name
+            rows = self.base.embed([spell(n) for n in self.seen], verbatim=verbatim).double()
             mean = rows.mean(0)
             self._moments[verbatim] = mean, (rows - mean) / (len(rows) - 1) ** 0.5
         return self._moments[verbatim]
