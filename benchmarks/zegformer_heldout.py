@@ -103,10 +103,10 @@ def score_variant(out: Path, variant: str, seed: int, draws: int, calibrations: 
     acc = vocab_split_accuracy(predictor, images, labels)
     real = _scores(predictor, images)
     controls = []
+    split = load_split(SPLIT)
     for d in range(draws):
         # The unseen-only control: this network, the unseen names replaced by random vectors (train_from's premise:
         # inductive training never embeds an unseen name, so training the control would give this network).
-        split = load_split(SPLIT)
         spec = unseen_matched_spec(cfg.text.encoder, split.unseen, split.seen, 1000 + d)
         predictor.text = zegformer.text_embeddings(spec, data.class_names, options.test_templates)
         controls.append(_scores(predictor, images))

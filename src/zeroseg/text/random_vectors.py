@@ -150,14 +150,21 @@ class MatchedUnseenEncoder(UnseenRandomEncoder):
 def unseen_matched_spec(base_spec: str, unseen: Sequence[str], seen: Sequence[str], seed: int = 0) -> str:
     """The encoder spec of the distribution-matched control :class:`MatchedUnseenEncoder`:
     ``"unseen-matched:<seed>:<unseen>,...:<seen>,...:<base_spec>"`` (names as in :func:`unseen_random_spec`)."""
-    seen = list(seen)
-    if len(seen) < 2:
-        raise ZeroSegError("unseen-matched spec: the split needs at least two seen classes")
-    bad = [n for n in seen if "," in n or ":" in n]
+    unseen_field = _names_field("unseen-matched", unseen, "the split has no unseen class", 1)
+    seen_field = _names_field("unseen-matched", seen, "the split needs at least two seen classes", 2)
+    return f"unseen-matched:{seed}:{unseen_field}:{seen_field}:{base_spec}"
+
+
+def _names_field(kind: str, names: Sequence[str], too_few: str, minimum: int) -> str:
+    """``names`` joined by ``,`` for a control spec, after checking there are ``minimum`` of them and that none
+    holds a separator of the spec (``,`` or ``:``)."""
+    names = list(names)
+    if len(names) < minimum:
+        raise ZeroSegError(f"{kind} spec: {too_few}")
+    bad = [n for n in names if "," in n or ":" in n]
     if bad:
-        raise ZeroSegError(f"unseen-matched spec: class name {bad[0]!r} contains ',' or ':'")
-    unseen_part = unseen_random_spec(base_spec, unseen, seed).split(":", 3)[2]
-    return f"unseen-matched:{seed}:{unseen_part}:{','.join(seen)}:{base_spec}"
+        raise ZeroSegError(f"{kind} spec: class name {bad[0]!r} contains ',' or ':'")
+    return ",".join(names)
 
 
 def unseen_random_spec(base_spec: str, unseen: Sequence[str], seed: int = 0) -> str:
@@ -174,10 +181,5 @@ def unseen_random_spec(base_spec: str, unseen: Sequence[str], seed: int = 0) -> 
     Raises:
         ZeroSegError: no unseen name, or a name holding ``,`` or ``:`` (the spec's separators).
     """
-    names = list(unseen)
-    if not names:
-        raise ZeroSegError("unseen-random spec: the split has no unseen class")
-    bad = [n for n in names if "," in n or ":" in n]
-    if bad:
-        raise ZeroSegError(f"unseen-random spec: class name {bad[0]!r} contains ',' or ':'")
-    return f"unseen-random:{seed}:{','.join(names)}:{base_spec}"
+    names = _names_field("unseen-random", unseen, "the split has no unseen class", 1)
+    return f"unseen-random:{seed}:{names}:{base_spec}"
